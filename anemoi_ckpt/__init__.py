@@ -1,0 +1,29 @@
+"""anemoi-ckpt: a pickle-free, versioned checkpoint container (``.anc``) for Anemoi models.
+
+Public API::
+
+    anemoi_ckpt.save(path, tensors, kind=..., metadata=..., anemoi_metadata=..., ...)
+    with anemoi_ckpt.Writer(path, ...) as w: w.add(name, tensor)
+    with anemoi_ckpt.open(path) as ck: ck.tensors(), ck.state_dict(), ck.verify(), ...
+
+This package imports neither Lightning nor PEFT, and reading never unpickles.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import AncError, FormatError, IntegrityError, UsageError, VersionError  # noqa: E402
+from .reader import Checkpoint, TensorMapping, UnknownSectionWarning, open_checkpoint  # noqa: E402
+from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, LineageRecord, Manifest, Metadata  # noqa: E402
+from .verify import VerifyReport  # noqa: E402
+from .writer import Writer, save  # noqa: E402
+
+open = open_checkpoint  # noqa: A001 - ``anemoi_ckpt.open(path)`` is the documented entry point
+
+__all__ = [
+    "AncError", "Checkpoint", "FORMAT_VERSION", "FormatError", "IntegrityError", "Lineage",
+    "LineageRecord", "Manifest", "Metadata", "SCHEMA_VERSION", "TensorMapping",
+    "UnknownSectionWarning", "UsageError", "VerifyReport", "VersionError", "Writer", "__version__",
+    "open", "open_checkpoint", "save",
+]

@@ -1,0 +1,94 @@
+"""anemoi's metadata layout inside the zip, exactly as anemoi-utils' ``save_metadata`` lays it out.
+
+``<root>/anemoi-metadata/anemoi.json`` holds the metadata dict with ``supporting_arrays_paths``
+added; each array is raw ``array.tobytes()`` (C order) at ``<root>/anemoi-metadata/<key>.numpy``, or
+``<root>/anemoi-metadata/<dataset>/<key>.numpy`` for per-dataset (nested) arrays. Entries are
+``{"path", "shape", "dtype"}``. Keeping this byte-for-byte means ``load_metadata`` from anemoi-utils,
+``anemoi-inference inspect`` and the registry read an ``.anc`` unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .dtypes import NUMPY_KINDS
+
+LEAF_KEYS = {"path", "shape", "dtype"}
+
+
+def arrays_paths(root: str, folder: str, arrays: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``supporting_arrays_paths`` value for ``arrays`` (nested dicts allowed)."""
+    out: dict[str, Any] = {}
+    for key, value in (arrays or {}).items():
+        if isinstance(value, Mapping):
+            out[key] = arrays_paths(f"{root}/{folder}", key, value)
+        else:
+            arr = np.asarray(value)
+            out[key] = {"path": f"{root}/{folder}/{key}.numpy", "shape": list(arr.shape),
+                        "dtype": str(arr.dtype)}
+    return out
+
+
+def iter_arrays(arrays: Mapping[str, Any] | None, paths: Mapping[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (member path, C-contiguous array) for every leaf, in the order of ``arrays``."""
+    for key, value in (arrays or {}).items():
+        if isinstance(value, Mapping):
+            yield from iter_arrays(value, paths[key])
+        else:
+            arr = np.ascontiguousarray(value)
+            if arr.dtype.kind not in NUMPY_KINDS:
+                raise TypeError(f"supporting array {key!r}: dtype {arr.dtype} cannot be stored "
+                                "(numeric and bool arrays only)")
+            yield paths[key]["path"], arr
+
+
+def iter_leaves(paths: Any, trail: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    """Walk ``supporting_arrays_paths`` the way anemoi-utils does: a dict whose keys are exactly
+    {path, shape, dtype} is a leaf, any other dict is a level of nesting."""
+    if not isinstance(paths, Mapping):
+        raise ValueError(f"supporting_arrays_paths{_where(trail)} is not an object")
+    for key, entry in paths.items():
+        if isinstance(entry, Mapping) and set(entry) == LEAF_KEYS:
+            yield trail + (key,), dict(entry)
+        elif isinstance(entry, Mapping):
+            yield from iter_leaves(entry, trail + (key,))
+        else:
+            raise ValueError(f"supporting_arrays_paths{_where(trail + (key,))} is not an object")
+
+
+def check_leaf(trail: tuple[str, ...], entry: Mapping[str, Any], member_size: int) -> tuple[np.dtype, tuple[int, ...]]:
+    """Validate one entry against its member's size; never trust a length from the file."""
+    where = _where(trail)
+    try:
+        dtype = np.dtype(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in NUMPY_KINDS or dtype.hasobject:
+        raise ValueError(f"supporting array{where}: unsupported dtype {entry['dtype']!r}")
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"supporting array{where}: shape must be a list of non-negative integers")
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    if n != member_size:
+        raise ValueError(f"supporting array{where}: {dtype} {shape} needs {n} bytes, "
+                         f"member has {member_size}")
+    return dtype, tuple(shape)
+
+
+def nest(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for trail, value in flat.items():
+        d = out
+        for k in trail[:-1]:
+            d = d.setdefault(k, {})
+        d[trail[-1]] = value
+    return out
+
+
+def _where(trail: tuple[str, ...]) -> str:
+    return "".join(f"[{k!r}]" for k in trail)

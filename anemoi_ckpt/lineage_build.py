@@ -1,0 +1,55 @@
+"""Building the lineage block of a new file from its parents.
+
+A parent may be an open :class:`~anemoi_ckpt.reader.Checkpoint`, a path to an ``.anc``, a
+:class:`ParentRef` or a dict with ``uuid`` (and ``content_id``). Ancestor records of ``.anc``
+parents are copied in, so lineage needs no other file; each uuid appears once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import __version__
+from .schema import Kind, Lineage, LineageRecord, ParentRef, Tool
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _resolve(parent: Any) -> tuple[ParentRef, list[LineageRecord]]:
+    from .reader import Checkpoint, open_checkpoint
+
+    if isinstance(parent, ParentRef):
+        return parent, []
+    if isinstance(parent, Mapping):
+        return ParentRef.model_validate(parent), []
+    if isinstance(parent, (str, os.PathLike)):
+        with open_checkpoint(parent) as ck:
+            return _resolve(ck)
+    if isinstance(parent, Checkpoint):
+        return ParentRef(uuid=parent.uuid, content_id=parent.content_id), list(parent.lineage.records)
+    raise TypeError(f"cannot use {type(parent).__name__} as a parent (Checkpoint, path, ParentRef or dict)")
+
+
+def build_lineage(*, uuid: str, kind: Kind, content_id: str, operation: str,
+                  parameters: Mapping[str, Any], parents: Iterable[Any], created: str,
+                  code_versions: Mapping[str, str] | None = None, dataset: str | None = None,
+                  run_id: str | None = None, config_digest: str | None = None) -> Lineage:
+    refs: list[ParentRef] = []
+    ancestors: dict[str, LineageRecord] = {}
+    for p in parents:
+        ref, records = _resolve(p)
+        refs.append(ref)
+        for rec in records:
+            ancestors.setdefault(rec.uuid, rec)
+    own = LineageRecord(uuid=uuid, kind=kind, content_id=content_id, operation=operation,
+                        parameters=dict(parameters), parents=refs, created=created,
+                        tool=Tool(name="anemoi-ckpt", version=__version__),
+                        code_versions=dict(code_versions or {}), dataset=dataset, run_id=run_id,
+                        config_digest=config_digest)
+    ancestors.pop(uuid, None)
+    return Lineage(records=[own, *ancestors.values()])

@@ -1,0 +1,319 @@
+"""Reading ``.anc`` files: :func:`open_checkpoint` and :class:`Checkpoint`.
+
+Nothing here unpickles, imports a name read from the file or executes anything from it. Tensors
+are views over one private memory map of the file (zero-copy; a write to a tensor never reaches
+the file), created only for the sections and names asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from packaging.version import Version
+from pydantic import BaseModel, ValidationError
+
+from . import __version__, sections as S, stformat
+from .anemoi_meta import check_leaf, iter_leaves, nest
+from .errors import FormatError, IntegrityError, UsageError, VersionError
+from .hashing import sha256_hex, tagged
+from .schema import FORMAT_VERSION, Lineage, Manifest, Metadata, Section
+from .tensorio import view_tensor
+from .zipread import Member, read_directory
+
+#: JSON members are read whole; refuse absurd sizes before allocating.
+MAX_JSON = 256 << 20
+_READER_MAJOR = Version(FORMAT_VERSION).major
+
+
+class UnknownSectionWarning(UserWarning):
+    """An optional section written by a newer anemoi-ckpt was ignored."""
+
+
+class Checkpoint:
+    """An open ``.anc`` file. Use :func:`anemoi_ckpt.open`; also a context manager."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fh = open(self.path, "rb")
+        except FileNotFoundError:
+            raise FormatError(self.path, "no such file") from None
+        except IsADirectoryError:
+            raise FormatError(self.path, "is a directory, not an .anc file") from None
+        except OSError as e:
+            raise FormatError(self.path, f"cannot open ({e.strerror})") from None
+        try:
+            self._open()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _open(self) -> None:
+        size = os.fstat(self._fh.fileno()).st_size
+        self.root, self._members = read_directory(self.path, self._fh, size)
+        if S.MANIFEST_PATH not in self._members:
+            raise FormatError(self.path, "no manifest.json in the archive",
+                              "not an .anc; for a torch or Lightning .ckpt use 'anemoi-ckpt convert'")
+        self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        raw = self._member_bytes(self._members[S.MANIFEST_PATH], "manifest.json")
+        obj = self._json(raw, "manifest.json")
+        self._check_version(obj)
+        self.manifest: Manifest = self._model(Manifest, obj, "manifest.json")
+        self._sections: dict[str, Section] = {}
+        for sec in self.manifest.sections:
+            if sec.path in self._sections:
+                raise FormatError(self.path, f"section {sec.path} listed twice in the manifest")
+            if sec.role not in S.ROLES:
+                if sec.required:
+                    raise VersionError(self.path, f"required section {sec.path} has role "
+                                       f"{sec.role!r}, unknown to anemoi-ckpt {__version__}",
+                                       "upgrade anemoi-ckpt to read this file")
+                warnings.warn(f"{self.path}: ignoring optional section {sec.path} with unknown role "
+                              f"{sec.role!r}", UnknownSectionWarning, stacklevel=3)
+                continue
+            member = self._members.get(sec.path)
+            if member is None:
+                raise FormatError(self.path, "missing from the archive", section=sec.path)
+            if member.size != sec.size:
+                raise IntegrityError(self.path, f"{member.size} bytes, manifest says {sec.size}",
+                                     "the file is damaged", section=sec.path)
+            self._sections[sec.path] = sec
+        for rel in (S.METADATA_PATH, S.LINEAGE_PATH, S.tensor_section_path("weights")):
+            if rel not in self._sections:
+                raise FormatError(self.path, f"required section {rel} is missing")
+        self._tensor_cache: dict[str, TensorMapping] = {}
+
+    def _check_version(self, obj: Any) -> None:
+        if not isinstance(obj, dict) or obj.get("format") != "anemoi-ckpt":
+            raise FormatError(self.path, "manifest.json does not describe an anemoi-ckpt file")
+        fv = obj.get("format_version")
+        try:
+            major = Version(str(fv)).major
+        except Exception:
+            raise FormatError(self.path, f"invalid format_version {fv!r}") from None
+        if major > _READER_MAJOR:
+            writer = (obj.get("producer") or {}).get("version", "?") if isinstance(obj.get("producer"), dict) else "?"
+            raise VersionError(self.path, f"format {fv} is newer than this anemoi-ckpt "
+                               f"({__version__}, reads {_READER_MAJOR}.x)",
+                               f"upgrade anemoi-ckpt to {writer} or later")
+        if major < _READER_MAJOR:
+            raise VersionError(self.path, f"format {fv} predates {FORMAT_VERSION}",
+                               "convert it with 'anemoi-ckpt convert'")
+
+    # --- raw access ----------------------------------------------------------------------------
+    def _member_bytes(self, member: Member, label: str) -> bytes:
+        if member.size > MAX_JSON:
+            raise FormatError(self.path, f"{member.size} bytes is too large for a JSON member",
+                              section=label)
+        return self._mm[member.data_offset:member.data_offset + member.size]
+
+    def _json(self, raw: bytes, label: str) -> Any:
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise FormatError(self.path, f"not UTF-8 ({e.reason} at byte {e.start})",
+                              section=label) from None
+        except (ValueError, RecursionError) as e:
+            raise FormatError(self.path, f"invalid JSON ({e})", section=label) from None
+
+    def _model(self, cls: type[BaseModel], obj: Any, label: str) -> Any:
+        try:
+            return cls.model_validate(obj)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            raise FormatError(self.path, f"invalid {loc}: {err['msg']}", section=label) from None
+
+    def section(self, rel: str) -> Section:
+        try:
+            return self._sections[rel]
+        except KeyError:
+            raise UsageError(self.path, f"no section {rel!r}") from None
+
+    def _checked_json(self, rel: str) -> Any:
+        """A small JSON section, its digest checked before use."""
+        sec = self.section(rel)
+        raw = self._member_bytes(self._members[rel], rel)
+        if tagged(sha256_hex(raw)) != sec.digest:
+            raise IntegrityError(self.path, "digest mismatch", "the file is damaged; run "
+                                 "'anemoi-ckpt verify'", section=rel)
+        return self._json(raw, rel)
+
+    # --- properties ----------------------------------------------------------------------------
+    @property
+    def uuid(self) -> str:
+        return self.manifest.uuid
+
+    @property
+    def content_id(self) -> str:
+        return self.manifest.content_id
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def format_version(self) -> str:
+        return self.manifest.format_version
+
+    @cached_property
+    def metadata(self) -> Metadata:
+        return self._model(Metadata, self._checked_json(S.METADATA_PATH), S.METADATA_PATH)
+
+    @cached_property
+    def lineage(self) -> Lineage:
+        return self._model(Lineage, self._checked_json(S.LINEAGE_PATH), S.LINEAGE_PATH)
+
+    @property
+    def _anemoi_rel(self) -> str:
+        return f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}"
+
+    @cached_property
+    def anemoi_metadata(self) -> dict[str, Any] | None:
+        if self._anemoi_rel not in self._sections:
+            return None
+        md = self._checked_json(self._anemoi_rel)
+        if not isinstance(md, dict):
+            raise FormatError(self.path, "not a JSON object", section=self._anemoi_rel)
+        return md
+
+    @cached_property
+    def supporting_arrays(self) -> dict[str, Any]:
+        """anemoi's supporting arrays as numpy arrays (zero-copy), nested like the metadata."""
+        md = self.anemoi_metadata
+        if not md:
+            return {}
+        prefix = f"{self.root}/"
+        flat: dict[tuple[str, ...], np.ndarray] = {}
+        try:
+            for trail, entry in iter_leaves(md.get("supporting_arrays_paths", {})):
+                path = entry["path"]
+                rel = path[len(prefix):] if isinstance(path, str) and path.startswith(prefix) else None
+                if rel is None or rel not in self._sections:
+                    raise ValueError(f"supporting array {path!r} is not a section of this file")
+                member = self._members[rel]
+                dtype, shape = check_leaf(trail, entry, member.size)
+                count = member.size // dtype.itemsize if dtype.itemsize else 0
+                arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=member.data_offset)
+                flat[trail] = arr.reshape(shape)
+        except ValueError as e:
+            raise FormatError(self.path, str(e), section=self._anemoi_rel) from None
+        return nest(flat)
+
+    def sections(self) -> list[Section]:
+        return list(self._sections.values())
+
+    def tensor_sections(self) -> list[str]:
+        return [s.name for s in self._sections.values() if s.tensors is not None and s.name]
+
+    # --- tensors -------------------------------------------------------------------------------
+    def tensors(self, section: str = "weights") -> "TensorMapping":
+        """A lazy, read-only mapping of name to tensor for a tensor section."""
+        if section not in self._tensor_cache:
+            rel = S.tensor_section_path(section)
+            sec = self._sections.get(rel)
+            if sec is None or sec.tensors is None:
+                raise UsageError(self.path, f"no tensor section {section!r}",
+                                 f"sections: {', '.join(self.tensor_sections()) or 'none'}")
+            self._tensor_cache[section] = TensorMapping(self, sec, self._members[rel])
+        return self._tensor_cache[section]
+
+    def state_dict(self, section: str = "weights") -> dict[str, torch.Tensor]:
+        """All tensors of a section; aliases are the same tensor object as their target."""
+        return dict(self.tensors(section).items())
+
+    def load_into(self, module: torch.nn.Module, *, strict: bool = True, section: str = "weights") -> None:
+        """Copy this file's tensors into ``module``'s parameters and buffers (shapes checked)."""
+        from .loading import load_into
+
+        load_into(self, module, strict=strict, section=section)
+
+    def verify(self, *, progress: bool | None = None) -> "Any":
+        """Recompute every digest and the content id; returns a :class:`VerifyReport`."""
+        from .verify import verify
+
+        return verify(self, progress=progress)
+
+    # --- lifetime ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._tensor_cache = {}
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # tensors still view the map; it closes when the last one is freed
+        except AttributeError:
+            pass
+        self._fh.close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.path!r} kind={self.kind} uuid={self.uuid}>"
+
+
+class TensorMapping(Mapping[str, torch.Tensor]):
+    """Name -> tensor for one section; the header is checked against the manifest on creation."""
+
+    def __init__(self, ck: Checkpoint, sec: Section, member: Member) -> None:
+        self._ck = ck
+        self.section = sec
+        table = sec.tensors
+        assert table is not None
+        mm, path, label = ck._mm, ck.path, sec.path
+        try:
+            n = stformat.read_header_length(mm[member.data_offset:member.data_offset + 8], member.size)
+            prefix = mm[member.data_offset:member.data_offset + 8 + n]
+            if hashlib.sha256(prefix).hexdigest() != table.header_digest:
+                raise IntegrityError(path, "header digest mismatch", "the file is damaged",
+                                     section=label)
+            entries, _ = stformat.parse_header(prefix[8:], member.size)
+        except stformat.HeaderError as e:
+            raise FormatError(path, str(e), section=label) from None
+        if {e.name for e in entries} != set(table.digests):
+            raise FormatError(path, "tensor names differ from the manifest", section=label)
+        base = member.data_offset + 8 + n
+        self.entries = {e.name: e for e in entries}
+        self._offsets = {e.name: base + e.begin for e in entries}
+        for alias, target in table.aliases.items():
+            if target not in self.entries or alias in self.entries:
+                raise FormatError(path, f"bad alias {alias!r} -> {target!r}", section=label)
+        self.aliases = dict(table.aliases)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        target = self.aliases.get(name, name)
+        t = self._cache.get(target)
+        if t is None:
+            e = self.entries[target]
+            t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
+            self._cache[target] = t
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.entries
+        yield from self.aliases
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.aliases)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries or name in self.aliases
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open an ``.anc`` file for reading. Raises :class:`AncError` with one clear line if it is not
+    a readable ``.anc``."""
+    return Checkpoint(path)

@@ -1,0 +1,63 @@
+"""The registry of section roles this version understands.
+
+A role says how a member is encoded and whether it is mandatory. Later features (adapters,
+training state) register their roles here; a reader that meets a role missing from its registry
+refuses the file if the section is marked required, and warns and ignores it otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAFETENSORS = "application/vnd.safetensors"
+JSON = "application/json"
+NUMPY_RAW = "application/x-numpy-raw"
+MSGPACK = "application/msgpack"
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    media_type: str
+    doc: str
+
+
+ROLES: dict[str, Role] = {}
+
+
+def register(role: Role) -> Role:
+    ROLES[role.name] = role
+    return role
+
+
+register(Role("weights", SAFETENSORS, "Model parameters and persistent buffers. Always present."))
+register(Role("tensors", SAFETENSORS, "Any other named tensor section (e.g. graph, optimizer)."))
+register(Role("graph", SAFETENSORS, "Graph topology and edge attributes (non-persistent buffers)."))
+register(Role("metadata", JSON, "Typed metadata (docs/schemas/metadata.schema.json). Always present."))
+register(Role("lineage", JSON, "This file's lineage record and its ancestors'. Always present."))
+register(Role("anemoi-metadata", JSON, "anemoi's metadata dict, verbatim, as anemoi-utils writes it."))
+register(Role("supporting-array", NUMPY_RAW, "A raw numpy array listed in supporting_arrays_paths."))
+
+#: Tensor sections with a dedicated role; any other tensor section gets role "tensors".
+TENSOR_SECTION_ROLES = {"weights": "weights", "graph": "graph"}
+
+#: Member paths (relative to the root folder) of the fixed sections.
+MANIFEST_PATH = "manifest.json"
+METADATA_PATH = "metadata.json"
+LINEAGE_PATH = "lineage.json"
+ANEMOI_FOLDER = "anemoi-metadata"
+ANEMOI_JSON = "anemoi.json"
+
+
+def tensor_section_path(name: str) -> str:
+    return f"{name}.safetensors"
+
+
+def tensor_role(name: str) -> str:
+    return TENSOR_SECTION_ROLES.get(name, "tensors")
+
+
+def valid_section_name(name: str) -> bool:
+    """Tensor section names become member names: keep them to a safe, portable alphabet."""
+    return bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) \
+        and name.isascii()

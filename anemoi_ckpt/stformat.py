@@ -1,0 +1,131 @@
+"""The safetensors member format: building and validating headers.
+
+Pure functions over bytes. A header is an 8-byte little-endian length N, then N bytes of UTF-8 JSON
+mapping tensor names to ``{"dtype", "shape", "data_offsets": [begin, end]}`` plus an optional
+``"__metadata__"`` string map. We pad the JSON with spaces (which safetensors' own writer and every
+JSON parser accept) so that 8 + N is a multiple of 64 and the payload stays aligned.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+from .dtypes import ITEMSIZE, nbytes
+from .zipwrite import ALIGNMENT
+
+#: safetensors refuses headers above 100 MB; so do we, before allocating anything.
+MAX_HEADER = 100_000_000
+METADATA_KEY = "__metadata__"
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # offset in the payload (after the header)
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def header_json(entries: list[TensorEntry], metadata: dict[str, str] | None = None) -> bytes:
+    obj: dict[str, object] = {}
+    if metadata:
+        obj[METADATA_KEY] = dict(metadata)
+    for e in entries:
+        obj[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [e.begin, e.end]}
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def padded_header(js: bytes, min_total: int = 0) -> bytes:
+    """Length prefix + JSON + spaces, total a multiple of ALIGNMENT and at least ``min_total``."""
+    total = max(8 + len(js), min_total)
+    total += (-total) % ALIGNMENT
+    body = js + b" " * (total - 8 - len(js))
+    return struct.pack("<Q", len(body)) + body
+
+
+def header_size_for(js_len: int) -> int:
+    total = 8 + js_len
+    return total + (-total) % ALIGNMENT
+
+
+class HeaderError(ValueError):
+    """A malformed safetensors header; the message says what is wrong."""
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise HeaderError(f"duplicate tensor name {k!r} in the header")
+        out[k] = v
+    return out
+
+
+def read_header_length(prefix: bytes, member_size: int) -> int:
+    if member_size < 8 or len(prefix) < 8:
+        raise HeaderError(f"member is {member_size} bytes, too short for a safetensors header")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER:
+        raise HeaderError(f"header claims {n} bytes, more than the 100 MB limit")
+    if 8 + n > member_size:
+        raise HeaderError(f"header claims {n} bytes but the member holds only {member_size - 8}")
+    return n
+
+
+def parse_header(raw: bytes, member_size: int) -> tuple[list[TensorEntry], dict[str, str]]:
+    """Validate a header (``raw`` = the N JSON bytes) against the member size.
+
+    Returns the entries in offset order and the string metadata. Checks: UTF-8 JSON object, no
+    duplicate names, known dtypes, non-negative integer shapes, offsets matching dtype x shape,
+    tensors tiling the payload exactly (no gap, no overlap, nothing after the last one).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HeaderError(f"header is not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except HeaderError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise HeaderError(f"header is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise HeaderError("header is not a JSON object")
+    meta = obj.pop(METADATA_KEY, None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in meta.items()):
+        raise HeaderError("__metadata__ must map strings to strings")
+    entries = []
+    for name, info in obj.items():
+        if not isinstance(info, dict):
+            raise HeaderError(f"tensor {name!r}: entry is not an object")
+        dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in ITEMSIZE:
+            raise HeaderError(f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise HeaderError(f"tensor {name!r}: shape must be a list of non-negative integers")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(type(o) is int and o >= 0 for o in offs) or offs[1] < offs[0]):
+            raise HeaderError(f"tensor {name!r}: data_offsets must be [begin, end] with begin <= end")
+        if offs[1] - offs[0] != nbytes(dtype, shape):
+            raise HeaderError(f"tensor {name!r}: {offs[1] - offs[0]} bytes for a {dtype} tensor "
+                              f"of shape {shape}, which needs {nbytes(dtype, shape)}")
+        entries.append(TensorEntry(name, dtype, tuple(shape), offs[0], offs[1]))
+    entries.sort(key=lambda e: (e.begin, e.end))
+    payload = member_size - 8 - len(raw)
+    pos = 0
+    for e in entries:
+        if e.begin != pos:
+            what = "overlaps the previous tensor" if e.begin < pos else "leaves a gap before it"
+            raise HeaderError(f"tensor {e.name!r}: data_offsets {e.begin}..{e.end} {what}")
+        pos = e.end
+    if pos != payload:
+        raise HeaderError(f"tensors cover {pos} bytes but the payload holds {payload}")
+    return entries, meta

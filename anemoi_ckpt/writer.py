@@ -1,0 +1,248 @@
+"""Writing ``.anc`` files: the streaming :class:`Writer` and the one-shot :func:`save`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid as uuidlib
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+
+from . import __version__, hashing, sections as S
+from .anemoi_meta import arrays_paths, iter_arrays
+from .atomic import atomic_output
+from .lineage_build import build_lineage, utc_now
+from .progress import Progress
+from .schema import FORMAT_VERSION, Kind, Manifest, Metadata, Producer, Section
+from .dtypes import code_of
+from .tensorio import AliasTracker, flatten
+from .tensorsection import TensorSectionWriter, exact_reserve
+from .zipwrite import ZipWriter
+
+_KINDS = ("training", "inference", "adapter", "delta")
+
+
+def _root_name(path: str) -> str:
+    """One root folder, named after the file like torch.save does (anemoi-utils needs exactly one)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip(".")
+    return stem or "checkpoint"
+
+
+def _json_bytes(obj: Any, *, allow_nan: bool = False) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=allow_nan, separators=(",", ":"),
+                      sort_keys=False).encode("utf-8")
+
+
+class Writer:
+    """Writes an ``.anc`` tensor by tensor, with memory bounded by the largest tensor.
+
+    Use as a context manager: leaving the block normally commits the file atomically; an
+    exception discards it and leaves any previous file at ``path`` untouched.
+
+    Tensor sections are written one after the other: adding to a section closes the previous
+    one, and a closed section cannot be reopened.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, kind: Kind = "inference",
+                 metadata: Metadata | Mapping[str, Any] | None = None,
+                 anemoi_metadata: Mapping[str, Any] | None = None,
+                 supporting_arrays: Mapping[str, Any] | None = None,
+                 parents: Iterable[Any] = (), operation: str | None = None,
+                 parameters: Mapping[str, Any] | None = None,
+                 header_reserve: int = 64 << 10, progress: Progress | None = None) -> None:
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
+        self.path = os.fspath(path)
+        self.kind = kind
+        self.uuid = str(uuidlib.uuid4())
+        self.metadata = Metadata.model_validate(metadata if metadata is not None else {})
+        self._parents = list(parents)
+        self._operation = operation or "create"
+        self._parameters = dict(parameters or {})
+        self._reserve = header_reserve
+        self._progress = progress
+        self._root = _root_name(self.path)
+        self._stack = ExitStack()
+        self._fh = self._stack.enter_context(atomic_output(self.path))
+        self._pool = self._stack.enter_context(ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)))
+        self._zw = ZipWriter(self._fh)
+        self._sections: list[Section] = []
+        self._open: tuple[str, TensorSectionWriter] | None = None
+        self._closed_names: set[str] = set()
+        self._aliases = AliasTracker()
+        self._weights_entries: list[tuple[str, str, tuple[int, ...], str]] | None = None
+        self.content_id: str | None = None
+        self._done = False
+        try:
+            if anemoi_metadata is not None or supporting_arrays:
+                self._write_anemoi(dict(anemoi_metadata or {}), supporting_arrays)
+        except BaseException:
+            self.abort()
+            raise
+
+    # --- tensors -------------------------------------------------------------------------------
+    def _section(self, section: str, reserve: int | None = None) -> TensorSectionWriter:
+        if self._open is not None and self._open[0] == section:
+            return self._open[1]
+        if not S.valid_section_name(section):
+            raise ValueError(f"invalid section name {section!r} (letters, digits, '-' and '_')")
+        if section in self._closed_names:
+            raise ValueError(f"section {section!r} was already closed; add its tensors together")
+        self._close_section()
+        tw = TensorSectionWriter(self._zw, f"{self._root}/{S.tensor_section_path(section)}", self._pool,
+                                 reserve=self._reserve if reserve is None else reserve,
+                                 on_bytes=self._progress.update if self._progress else None)
+        self._open = (section, tw)
+        return tw
+
+    def add(self, name: str, tensor: torch.Tensor, *, section: str = "weights") -> None:
+        """Add one tensor. A tensor sharing storage with one already added (same view) becomes an
+        alias of it instead of a second copy."""
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r}")
+        tw = self._section(section)
+        if name in tw.names:
+            raise ValueError(f"duplicate tensor name {name!r} in section {section!r}")
+        target = self._aliases.target_of((section, name), tensor)
+        if target is not None and target[0] == section:
+            tw.add_alias(name, target[1])
+            return
+        tw.add(name, flatten(tensor))
+
+    def add_alias(self, alias: str, target: str, *, section: str = "weights") -> None:
+        tw = self._section(section)
+        if target not in tw.names:
+            raise ValueError(f"alias target {target!r} not in section {section!r}")
+        if alias in tw.names:
+            raise ValueError(f"duplicate tensor name {alias!r} in section {section!r}")
+        tw.add_alias(alias, tw.aliases.get(target, target))
+
+    def add_section(self, section: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Add a whole tensor section at once. Its header size is known in advance, so it is
+        reserved exactly and the data never moves; aliases follow their targets."""
+        stored, aliases = _plan(tensors)
+        specs = [(n, code_of(tensors[n].dtype), tuple(tensors[n].shape),
+                  tensors[n].numel() * tensors[n].element_size()) for n in stored]
+        self._section(section, reserve=exact_reserve(specs))
+        for name in stored + aliases:
+            self.add(name, tensors[name], section=section)
+
+    def _close_section(self) -> None:
+        if self._open is None:
+            return
+        name, tw = self._open
+        self._open = None
+        table, digest, size, entries = tw.close()
+        self._closed_names.add(name)
+        self._sections.append(Section(path=S.tensor_section_path(name), role=S.tensor_role(name),
+                                      name=name, required=True, size=size, digest=digest,
+                                      media_type=S.SAFETENSORS, tensors=table))
+        if name == "weights":
+            by_name = {e.name: (e.dtype, e.shape, table.digests[e.name]) for e in entries}
+            by_name.update({a: by_name[t] for a, t in table.aliases.items()})
+            self._weights_entries = [(n, c, s, d) for n, (c, s, d) in by_name.items()]
+
+    # --- small members -------------------------------------------------------------------------
+    def _member(self, rel: str, data: bytes, role: str, media_type: str, required: bool = True) -> None:
+        self._zw.write_member(f"{self._root}/{rel}", data)
+        self._sections.append(Section(path=rel, role=role, required=required, size=len(data),
+                                      digest=hashing.tagged(hashing.sha256_hex(data)),
+                                      media_type=media_type))
+
+    def _write_anemoi(self, md: dict[str, Any], arrays: Mapping[str, Any] | None) -> None:
+        md["uuid"] = self.uuid  # a new file is a new checkpoint, as anemoi-training does per save
+        md["supporting_arrays_paths"] = arrays_paths(self._root, S.ANEMOI_FOLDER, arrays)
+        # anemoi writes NaN/Infinity as Python's json does; keep the dict verbatim.
+        self._member(f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}", _json_bytes(md, allow_nan=True),
+                     "anemoi-metadata", S.JSON, required=False)
+        prefix = f"{self._root}/"
+        for member, arr in iter_arrays(arrays, md["supporting_arrays_paths"]):
+            self._member(member[len(prefix):], memoryview(arr).cast("B"), "supporting-array",
+                         S.NUMPY_RAW, required=False)
+
+    # --- commit --------------------------------------------------------------------------------
+    def close(self) -> str:
+        """Finish and atomically commit the file; returns its path."""
+        if self._done:
+            return self.path
+        try:
+            if "weights" not in self._closed_names and not (self._open and self._open[0] == "weights"):
+                self._section("weights", reserve=64)  # the weights section is always present
+            self._close_section()
+            self.content_id = hashing.content_id(self._weights_entries or [])
+            created = utc_now()
+            lineage = build_lineage(uuid=self.uuid, kind=self.kind, content_id=self.content_id,
+                                    operation=self._operation, parameters=self._parameters,
+                                    parents=self._parents, created=created)
+            self._member(S.METADATA_PATH, _json_bytes(self.metadata.model_dump(mode="json")),
+                         "metadata", S.JSON)
+            self._member(S.LINEAGE_PATH, _json_bytes(lineage.model_dump(mode="json")), "lineage", S.JSON)
+            manifest = Manifest(format_version=FORMAT_VERSION, uuid=self.uuid, kind=self.kind,
+                                content_id=self.content_id, created=created,
+                                producer=Producer(name="anemoi-ckpt", version=__version__),
+                                sections=self._sections)
+            self._zw.write_member(f"{self._root}/{S.MANIFEST_PATH}",
+                                  _json_bytes(manifest.model_dump(mode="json", exclude_none=True)))
+            self._zw.finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._stack.close()  # fsync + rename
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written; the target path is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        except RuntimeError:
+            pass
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _plan(tensors: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Split names into stored tensors, sorted like safetensors (larger item size first, then
+    name, so each tensor stays aligned to its item size), and aliases of earlier names."""
+    tracker = AliasTracker()
+    stored, aliases = [], []
+    for name, t in tensors.items():
+        (aliases if tracker.target_of(name, t) is not None else stored).append(name)
+    stored.sort(key=lambda n: (-tensors[n].element_size(), n))
+    return stored, aliases
+
+
+def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, kind: Kind = "inference",
+         metadata: Metadata | Mapping[str, Any] | None = None,
+         anemoi_metadata: Mapping[str, Any] | None = None,
+         supporting_arrays: Mapping[str, Any] | None = None, parents: Iterable[Any] = (),
+         operation: str | None = None, parameters: Mapping[str, Any] | None = None,
+         sections: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+         progress: bool | None = None) -> str:
+    """Write ``tensors`` (and optional extra tensor ``sections``, e.g. ``{"graph": {...}}``) to an
+    ``.anc`` at ``path`` atomically. Returns the path."""
+    all_sections = {"weights": tensors, **(sections or {})}
+    total = sum(t.numel() * t.element_size() for sec in all_sections.values() for t in sec.values())
+    with Progress.for_bytes(total, f"writing {os.path.basename(os.fspath(path))}", progress) as bar:
+        with Writer(path, kind=kind, metadata=metadata, anemoi_metadata=anemoi_metadata,
+                    supporting_arrays=supporting_arrays, parents=parents, operation=operation,
+                    parameters=parameters, progress=bar) as w:
+            for name, sec in all_sections.items():
+                w.add_section(name, sec)
+    return os.fspath(path)
