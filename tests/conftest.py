@@ -1,0 +1,55 @@
+"""Shared test helpers: small real ``.anc`` files written with the public API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import anemoi_ckpt
+from anemoi_ckpt.demo import demo_anemoi_metadata, demo_graph, demo_state_dict
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+
+
+@pytest.fixture
+def demo_sd() -> dict[str, torch.Tensor]:
+    return demo_state_dict(channels=16, layers=1, grid_points=64)
+
+
+@pytest.fixture
+def demo_file(tmp_path: Path, demo_sd: dict[str, torch.Tensor]) -> Path:
+    """A complete file: weights with aliases, a graph section, anemoi metadata, supporting arrays."""
+    md, arrays = demo_anemoi_metadata()
+    path = tmp_path / "demo.anc"
+    anemoi_ckpt.save(path, demo_sd, anemoi_metadata=md, supporting_arrays=arrays,
+                     sections={"graph": demo_graph(grid_points=64, hidden=16)},
+                     metadata={"description": "test file"})
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a subprocess (exit codes and stderr as users see them)."""
+    return subprocess.run([sys.executable, "-m", "anemoi_ckpt", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "default"},
+                          timeout=120)
+
+
+def section_span(path: Path, rel: str) -> tuple[int, int]:
+    """(data offset, size) of a member, from the reader's own zip parsing."""
+    with anemoi_ckpt.open(path) as ck:
+        m = ck._members[rel]
+        return m.data_offset, m.size
+
+
+def arrays_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(arrays_equal(a[k], b[k]) if isinstance(a[k], dict) else np.array_equal(a[k], b[k])
+               for k in a)
