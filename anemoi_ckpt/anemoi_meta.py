@@ -23,6 +23,7 @@ def arrays_paths(root: str, folder: str, arrays: Mapping[str, Any] | None) -> di
     """The ``supporting_arrays_paths`` value for ``arrays`` (nested dicts allowed)."""
     out: dict[str, Any] = {}
     for key, value in (arrays or {}).items():
+        check_key(key)
         if isinstance(value, Mapping):
             out[key] = arrays_paths(f"{root}/{folder}", key, value)
         else:
@@ -30,6 +31,14 @@ def arrays_paths(root: str, folder: str, arrays: Mapping[str, Any] | None) -> di
             out[key] = {"path": f"{root}/{folder}/{key}.numpy", "shape": list(arr.shape),
                         "dtype": str(arr.dtype)}
     return out
+
+
+def check_key(key: object) -> None:
+    """Keys become member path components: refuse anything that is not one plain name."""
+    if (not isinstance(key, str) or not key or key in (".", "..") or "/" in key or "\\" in key
+            or any(ord(c) < 32 for c in key)):
+        raise ValueError(f"supporting array key {key!r} cannot be a member name "
+                         "(no '/', '\\', control characters, '.' or '..')")
 
 
 def iter_arrays(arrays: Mapping[str, Any] | None, paths: Mapping[str, Any]) -> Iterator[tuple[str, np.ndarray]]:

@@ -75,7 +75,7 @@ class Writer:
         self._sections: list[Section] = []
         self._open: tuple[str, TensorSectionWriter] | None = None
         self._closed_names: set[str] = set()
-        self._aliases = AliasTracker()
+        self._aliases: dict[str, AliasTracker] = {}  # per section: aliases never cross sections
         self._weights_entries: list[tuple[str, str, tuple[int, ...], str]] | None = None
         self.content_id: str | None = None
         self._done = False
@@ -109,9 +109,9 @@ class Writer:
         tw = self._section(section)
         if name in tw.names:
             raise ValueError(f"duplicate tensor name {name!r} in section {section!r}")
-        target = self._aliases.target_of((section, name), tensor)
-        if target is not None and target[0] == section:
-            tw.add_alias(name, target[1])
+        target = self._aliases.setdefault(section, AliasTracker()).target_of(name, tensor)
+        if target is not None:
+            tw.add_alias(name, target)
             return
         tw.add(name, flatten(tensor))
 
@@ -170,6 +170,8 @@ class Writer:
     def close(self) -> str:
         """Finish and atomically commit the file; returns its path."""
         if self._done:
+            if self.content_id is None:
+                raise RuntimeError(f"{self.path}: the writer was aborted; nothing was written")
             return self.path
         try:
             if "weights" not in self._closed_names and not (self._open and self._open[0] == "weights"):
@@ -237,6 +239,8 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, kind: 
          progress: bool | None = None) -> str:
     """Write ``tensors`` (and optional extra tensor ``sections``, e.g. ``{"graph": {...}}``) to an
     ``.anc`` at ``path`` atomically. Returns the path."""
+    if sections and "weights" in sections:
+        raise ValueError("pass the weights as `tensors`, not in `sections`")
     all_sections = {"weights": tensors, **(sections or {})}
     total = sum(t.numel() * t.element_size() for sec in all_sections.values() for t in sec.values())
     with Progress.for_bytes(total, f"writing {os.path.basename(os.fspath(path))}", progress) as bar:

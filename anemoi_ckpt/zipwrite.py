@@ -73,6 +73,9 @@ class ZipWriter:
             raise RuntimeError(f"member {self._open.record.name} is still open")
         if name in self._names:
             raise ValueError(f"duplicate member name {name!r}")
+        parts = name.split("/")
+        if "\\" in name or any(p in ("", ".", "..") for p in parts) or any(ord(c) < 32 for c in name):
+            raise ValueError(f"unsafe member name {name!r}")
         encoded = name.encode("utf-8")
         offset = self._pos
         # Extra = reserved ZIP64 block + alignment block sized so the data starts on a boundary.
