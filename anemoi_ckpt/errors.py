@@ -7,6 +7,17 @@ must say which file, what is wrong and, where there is one, what the user can do
 from __future__ import annotations
 
 import os
+import re
+
+#: Messages quote names and values taken from the file; keep such quotes to a readable length.
+MAX_WHAT = 2000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped: one line, and nothing from a hostile file (a name
+    holding a newline or a terminal escape sequence) reaches the terminal raw."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class AncError(Exception):
@@ -28,11 +39,12 @@ class AncError(Exception):
             parts.append(f"{self.file}:")
         if self.section:
             parts.append(f"section {self.section}:")
-        parts.append(self.what)
+        what = self.what if len(self.what) <= MAX_WHAT else self.what[:MAX_WHAT] + "..."
+        parts.append(what)
         text = " ".join(parts)
         if self.hint:
             text += f" ({self.hint})"
-        return text
+        return one_line(text)
 
 
 class FormatError(AncError):

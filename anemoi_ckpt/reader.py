@@ -8,10 +8,13 @@ the file), created only for the sections and names asked for.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import mmap
 import os
+import stat
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
@@ -23,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import __version__, sections as S, stformat
 from .anemoi_meta import check_leaf, iter_leaves, nest
+from .dtypes import CODE_TO_TORCH
 from .errors import FormatError, IntegrityError, UsageError, VersionError
 from .hashing import sha256_hex, tagged
 from .schema import FORMAT_VERSION, Lineage, Manifest, Metadata, Section
@@ -43,42 +47,56 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
+        self._fh = self._open_regular_file()
         try:
-            self._fh = open(self.path, "rb")
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_regular_file(self) -> io.BufferedReader:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (no effect on regular files).
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(self.path, flags)
         except FileNotFoundError:
             raise FormatError(self.path, "no such file") from None
         except IsADirectoryError:
             raise FormatError(self.path, "is a directory, not an .anc file") from None
         except OSError as e:
             raise FormatError(self.path, f"cannot open ({e.strerror})") from None
-        try:
-            self._open()
-        except BaseException:
-            self._fh.close()
-            raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            what = "is a directory" if stat.S_ISDIR(mode) else "is not a regular file"
+            raise FormatError(self.path, f"{what}, not an .anc file")
+        return os.fdopen(fd, "rb")
 
     def _open(self) -> None:
         size = os.fstat(self._fh.fileno()).st_size
-        self.root, self._members = read_directory(self.path, self._fh, size)
-        if S.MANIFEST_PATH not in self._members:
-            raise FormatError(self.path, "no manifest.json in the archive",
-                              "not an .anc; for a torch or Lightning .ckpt use 'anemoi-ckpt convert'")
+        self.root, self._members = read_directory(self.path, self._fh, size)  # has a manifest
         self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
-        raw = self._member_bytes(self._members[S.MANIFEST_PATH], "manifest.json")
-        obj = self._json(raw, "manifest.json")
+        member = self._members[S.MANIFEST_PATH]
+        raw = self._member_bytes(member, S.MANIFEST_PATH)
+        # The manifest holds every other digest but has none of its own: the zip CRC-32 is what
+        # catches damage to it (any single changed byte) before a damaged value is trusted.
+        if zlib.crc32(raw) != member.crc:
+            raise IntegrityError(self.path, "CRC-32 mismatch", "the file is damaged",
+                                 section=S.MANIFEST_PATH)
+        obj = self._json(raw, S.MANIFEST_PATH)
         self._check_version(obj)
-        self.manifest: Manifest = self._model(Manifest, obj, "manifest.json")
+        self.manifest: Manifest = self._model(Manifest, obj, S.MANIFEST_PATH)
         self._sections: dict[str, Section] = {}
         for sec in self.manifest.sections:
             if sec.path in self._sections:
-                raise FormatError(self.path, f"section {sec.path} listed twice in the manifest")
+                raise FormatError(self.path, "listed twice in the manifest", section=sec.path)
             if sec.role not in S.ROLES:
                 if sec.required:
-                    raise VersionError(self.path, f"required section {sec.path} has role "
-                                       f"{sec.role!r}, unknown to anemoi-ckpt {__version__}",
-                                       "upgrade anemoi-ckpt to read this file")
+                    raise VersionError(self.path, f"required, with role {sec.role!r} unknown to "
+                                       f"anemoi-ckpt {__version__}",
+                                       "upgrade anemoi-ckpt to read this file", section=sec.path)
                 warnings.warn(f"{self.path}: ignoring optional section {sec.path} with unknown role "
-                              f"{sec.role!r}", UnknownSectionWarning, stacklevel=3)
+                              f"{sec.role!r}", UnknownSectionWarning, stacklevel=4)
                 continue
             member = self._members.get(sec.path)
             if member is None:
@@ -89,7 +107,7 @@ class Checkpoint:
             self._sections[sec.path] = sec
         for rel in (S.METADATA_PATH, S.LINEAGE_PATH, S.tensor_section_path("weights")):
             if rel not in self._sections:
-                raise FormatError(self.path, f"required section {rel} is missing")
+                raise FormatError(self.path, "required, but not listed in the manifest", section=rel)
         self._tensor_cache: dict[str, TensorMapping] = {}
 
     def _check_version(self, obj: Any) -> None:
@@ -101,10 +119,12 @@ class Checkpoint:
         except Exception:
             raise FormatError(self.path, f"invalid format_version {fv!r}") from None
         if major > _READER_MAJOR:
-            writer = (obj.get("producer") or {}).get("version", "?") if isinstance(obj.get("producer"), dict) else "?"
+            producer = obj.get("producer")
+            writer = producer.get("version") if isinstance(producer, dict) else None
+            hint = "upgrade anemoi-ckpt" + (f" to {writer} or later" if isinstance(writer, str)
+                                            and len(writer) < 40 else "")
             raise VersionError(self.path, f"format {fv} is newer than this anemoi-ckpt "
-                               f"({__version__}, reads {_READER_MAJOR}.x)",
-                               f"upgrade anemoi-ckpt to {writer} or later")
+                               f"({__version__}, reads {_READER_MAJOR}.x)", hint)
         if major < _READER_MAJOR:
             raise VersionError(self.path, f"format {fv} predates {FORMAT_VERSION}",
                                "convert it with 'anemoi-ckpt convert'")
@@ -205,8 +225,12 @@ class Checkpoint:
                 count = member.size // dtype.itemsize if dtype.itemsize else 0
                 arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=member.data_offset)
                 flat[trail] = arr.reshape(shape)
-        except ValueError as e:
-            raise FormatError(self.path, str(e), section=self._anemoi_rel) from None
+        # numpy rejects hostile dtype strings and shapes with ValueError, TypeError or even
+        # SyntaxError (np.dtype("(2,")), and deprecated spellings warn (an exception under -W
+        # error); a deeply nested paths object exhausts the stack.
+        except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, Warning) as e:
+            what = str(e) if str(e).startswith("supporting array") else f"supporting_arrays_paths: {e}"
+            raise FormatError(self.path, what, section=self._anemoi_rel) from None
         return nest(flat)
 
     def sections(self) -> list[Section]:
@@ -298,6 +322,10 @@ class TensorMapping(Mapping[str, torch.Tensor]):
         t = self._cache.get(target)
         if t is None:
             e = self.entries[target]
+            if e.dtype not in CODE_TO_TORCH:  # a valid code an older torch lacks (e.g. F8_E8M0)
+                raise VersionError(self._ck.path, f"tensor {target!r}: dtype {e.dtype} is not "
+                                   f"supported by torch {torch.__version__}", "upgrade torch",
+                                   section=self.section.path)
             t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
             self._cache[target] = t
         return t

@@ -9,6 +9,7 @@ JSON parser accept) so that 8 + N is a multiple of 64 and the payload stays alig
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from .zipwrite import ALIGNMENT
 
 #: safetensors refuses headers above 100 MB; so do we, before allocating anything.
 MAX_HEADER = 100_000_000
+#: torch sizes and strides are int64; a larger element count (even of an empty tensor, whose
+#: zero dimension makes the byte count 0) makes torch fail with an overflow instead of our error.
+_MAX_ELEMENTS = 2**63 - 1
 METADATA_KEY = "__metadata__"
 
 
@@ -111,6 +115,8 @@ def parse_header(raw: bytes, member_size: int) -> tuple[list[TensorEntry], dict[
             raise HeaderError(f"tensor {name!r}: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise HeaderError(f"tensor {name!r}: shape must be a list of non-negative integers")
+        if len(shape) > 64 or math.prod(max(d, 1) for d in shape) > _MAX_ELEMENTS:
+            raise HeaderError(f"tensor {name!r}: shape {shape[:8]} is too large")
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(type(o) is int and o >= 0 for o in offs) or offs[1] < offs[0]):
             raise HeaderError(f"tensor {name!r}: data_offsets must be [begin, end] with begin <= end")

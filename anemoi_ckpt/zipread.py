@@ -1,9 +1,10 @@
 """Reading the zip directory of an ``.anc`` and checking the container rules.
 
 ``zipfile`` parses the central directory (it never allocates more than the file holds); this
-module adds what ``.anc`` requires and ``zipfile`` does not check: every member STORED and
-unencrypted, no duplicate names, safe relative names under one root folder, and each member's
-data located from its local header and lying inside the file without overlapping another.
+module adds what ``.anc`` requires and ``zipfile`` does not check: a manifest, every member STORED
+and unencrypted, no duplicate names, safe relative names under one root folder, and each member's
+data located from its local header and lying between the start of the file and the central
+directory without overlapping another member.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import FormatError
+
+#: Member path of the manifest, relative to the root folder (same as ``sections.MANIFEST_PATH``).
+_MANIFEST = "manifest.json"
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_SIG = 0x04034B50
@@ -38,6 +42,12 @@ def read_directory(path: str, fh: BinaryIO, file_size: int) -> tuple[str, dict[s
             OverflowError, NotImplementedError, UnicodeDecodeError) as e:
         raise FormatError(path, f"not a zip archive or truncated ({e})",
                           "an .anc ends with a zip directory; the file may be incomplete") from None
+    # Checked first, so any other zip (a torch.save() file, a zip of anything) gets this message
+    # rather than a complaint about whichever container rule it happens to break first.
+    if not any(i.filename.count("/") == 1 and i.filename.endswith("/" + _MANIFEST) for i in infos):
+        raise FormatError(path, "no manifest.json in the archive",
+                          "not an .anc; for a torch or Lightning .ckpt use 'anemoi-ckpt convert'")
+    cd_start: int = zf.start_dir  # members must end before the central directory
     seen: set[str] = set()
     roots: set[str] = set()
     spans: list[tuple[int, int, str]] = []
@@ -47,11 +57,14 @@ def read_directory(path: str, fh: BinaryIO, file_size: int) -> tuple[str, dict[s
         if name in seen:
             raise FormatError(path, f"duplicate member name {name!r}", "the archive was tampered with")
         seen.add(name)
-        if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in name.split("/")):
-            if not name.endswith("/"):
-                raise FormatError(path, f"unsafe member name {name!r}")
-        if name.endswith("/"):
-            continue  # a directory entry (written by some zip tools): no data
+        # A directory entry (written by some zip tools) ends with "/"; its name must be safe too.
+        is_dir = name.endswith("/")
+        parts = (name[:-1] if is_dir else name).split("/")
+        if (name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts)
+                or any(ord(c) < 32 for c in name)):
+            raise FormatError(path, f"unsafe member name {name!r}", "the archive was tampered with")
+        if is_dir:
+            continue  # no data
         if info.flag_bits & 0x1:
             raise FormatError(path, f"member {name!r} is encrypted")
         if info.compress_type != zipfile.ZIP_STORED:
@@ -66,13 +79,15 @@ def read_directory(path: str, fh: BinaryIO, file_size: int) -> tuple[str, dict[s
         roots.add(root)
         data_offset = _data_offset(path, fh, info, file_size)
         end = data_offset + info.file_size
-        if end > file_size:
-            raise FormatError(path, f"member {name!r} claims {info.file_size} bytes past the end "
-                                    "of the file", "the file is truncated")
+        if end > cd_start:
+            where = "the end of the file" if end > file_size else "the zip directory"
+            raise FormatError(path, f"member {name!r} claims {info.file_size} bytes, past {where}",
+                              "the file is truncated or damaged")
         spans.append((info.header_offset, end, name))
         members[rel] = Member(name, data_offset, info.file_size, info.CRC)
     if len(roots) != 1:
-        raise FormatError(path, f"expected one root folder, found {len(roots)}",
+        shown = ", ".join(repr(r) for r in sorted(roots)[:5])
+        raise FormatError(path, f"expected one root folder, found {len(roots)} ({shown})",
                           "not an .anc")
     spans.sort()
     for (a0, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
@@ -82,9 +97,11 @@ def read_directory(path: str, fh: BinaryIO, file_size: int) -> tuple[str, dict[s
 
 
 def _data_offset(path: str, fh: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> int:
-    if info.header_offset + _LOCAL.size > file_size:
-        raise FormatError(path, f"member {info.filename!r}: local header past the end of the file",
-                          "the file is truncated")
+    # zipfile shifts offsets when the directory is not where the end record says (data prepended
+    # to the zip), so a damaged end record can yield a negative offset.
+    if info.header_offset < 0 or info.header_offset + _LOCAL.size > file_size:
+        raise FormatError(path, f"member {info.filename!r}: local header offset "
+                                f"{info.header_offset} is outside the file", "the file is damaged")
     fh.seek(info.header_offset)
     fields = _LOCAL.unpack(fh.read(_LOCAL.size))
     if fields[0] != _LOCAL_SIG:

@@ -8,7 +8,6 @@ convention). ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from typing import Any
 
@@ -26,7 +25,7 @@ def emit_json(obj: Any) -> None:
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        debug = ctx.params.get("debug", False) or "--debug" in sys.argv[1:]
+        debug = bool(ctx.params.get("debug"))  # the group's own options are parsed by now
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
