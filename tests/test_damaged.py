@@ -870,7 +870,8 @@ def _anemoi_with_arrays(demo_file: Path, tmp_path: Path, entry: Any) -> Path:
 
 
 @pytest.mark.parametrize("change, fragment", [
-    ({"dtype": "(2,"}, "was never closed"),  # np.dtype raises SyntaxError for this one
+    # np.dtype raises SyntaxError for this one; anemoi_meta.check_leaf may come to catch it itself
+    ({"dtype": "(2,"}, ("supporting_arrays_paths: '(' was never closed", "unsupported dtype '(2,'")),
     ({"dtype": "i4,"}, "unsupported dtype"),  # a structured dtype
     ({"dtype": "O"}, "unsupported dtype"),
     ({"dtype": "M8[xyz]"}, "unsupported dtype"),
@@ -884,14 +885,16 @@ def _anemoi_with_arrays(demo_file: Path, tmp_path: Path, entry: Any) -> Path:
     ({"path": ["x"]}, "is not a section of this file"),
 ])
 def test_hostile_supporting_array_entry(demo_file: Path, tmp_path: Path, change: dict[str, Any],
-                                        fragment: str) -> None:
+                                        fragment: str | tuple[str, ...]) -> None:
     entry = {"path": "demo/anemoi-metadata/data/latitudes.numpy", "shape": [512], "dtype": "float64"}
     bad = _anemoi_with_arrays(demo_file, tmp_path, {**entry, **change})
-    access_fails(bad, lambda ck: ck.supporting_arrays, FormatError, "supporting", fragment,
-                 section="anemoi-metadata/anemoi.json")
+    err = access_fails(bad, lambda ck: ck.supporting_arrays, FormatError, "supporting",
+                       section="anemoi-metadata/anemoi.json")
+    alternatives = fragment if isinstance(fragment, tuple) else (fragment,)
+    assert any(f in str(err) for f in alternatives), str(err)
     report, damaged = damaged_sections(bad)
     assert list(damaged) == ["anemoi-metadata/anemoi.json"]
-    assert fragment in damaged["anemoi-metadata/anemoi.json"].problem
+    assert any(f in damaged["anemoi-metadata/anemoi.json"].problem for f in alternatives)
 
 
 def test_deprecated_dtype_spelling_under_warnings_as_errors(demo_file: Path, tmp_path: Path) -> None:
