@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import NUMPY_KINDS
 
 LEAF_KEYS = {"path", "shape", "dtype"}
+#: str(array.dtype) -> dtype for every array dtype we store (what anemoi-utils writes).
+ARRAY_DTYPES = {str(np.dtype(n)): np.dtype(n) for n in (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128")}
 
 
 def arrays_paths(root: str, folder: str, arrays: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -48,7 +51,7 @@ def iter_arrays(arrays: Mapping[str, Any] | None, paths: Mapping[str, Any]) -> I
             yield from iter_arrays(value, paths[key])
         else:
             arr = np.ascontiguousarray(value)
-            if arr.dtype.kind not in NUMPY_KINDS:
+            if str(arr.dtype) not in ARRAY_DTYPES:
                 raise TypeError(f"supporting array {key!r}: dtype {arr.dtype} cannot be stored "
                                 "(numeric and bool arrays only)")
             yield paths[key]["path"], arr
@@ -71,11 +74,10 @@ def iter_leaves(paths: Any, trail: tuple[str, ...] = ()) -> Iterator[tuple[tuple
 def check_leaf(trail: tuple[str, ...], entry: Mapping[str, Any], member_size: int) -> tuple[np.dtype, tuple[int, ...]]:
     """Validate one entry against its member's size; never trust a length from the file."""
     where = _where(trail)
-    try:
-        dtype = np.dtype(entry["dtype"]) if isinstance(entry["dtype"], str) else None
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in NUMPY_KINDS or dtype.hasobject:
+    # An allow-list of spellings, not np.dtype(<string from the file>): numpy's dtype parser
+    # accepts a whole mini-language (structured, object, sub-array dtypes).
+    dtype = ARRAY_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    if dtype is None:
         raise ValueError(f"supporting array{where}: unsupported dtype {entry['dtype']!r}")
     shape = entry["shape"]
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):

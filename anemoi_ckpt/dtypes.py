@@ -39,8 +39,6 @@ TORCH_TO_CODE: dict[torch.dtype, str] = {dt: code for code, dt in CODE_TO_TORCH.
 #: code -> item size in bytes (also for codes this torch lacks, so headers can still be validated).
 ITEMSIZE: dict[str, int] = {code: size for code, (_, size) in _TABLE.items()}
 
-#: numpy dtype kinds accepted for supporting arrays: never object ('O') or void ('V').
-NUMPY_KINDS = frozenset("biufc")
 
 
 def code_of(dtype: torch.dtype) -> str:

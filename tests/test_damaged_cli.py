@@ -315,9 +315,6 @@ def test_verify_names_the_damaged_tensor(cases: dict[str, tuple[Path, Expect]],
         [("weights.safetensors", ["model.encoder.trainable_tensor"])]
 
 
-@pytest.mark.xfail(strict=True, reason="commands.py declares FILE as click.Path(dir_okay=False), so "
-                   "click answers a directory with a usage error (exit 2) before the reader's "
-                   "one-line error; fix: type=click.Path() for inspect and verify")
 @pytest.mark.parametrize("command", ["inspect", "verify"])
 def test_cli_on_a_directory(tmp_path: Path, invoke: Callable[..., Run], command: str) -> None:
     check_one_error_line(invoke(command, str(tmp_path)), tmp_path, "is a directory")

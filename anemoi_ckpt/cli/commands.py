@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .. import open_checkpoint, save
+from ..errors import one_line
 from ..summary import render, summarize
 from .main import cli, emit_json
 
@@ -15,7 +16,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @json_option
 def inspect(file: str, as_json: bool) -> None:
     """Show what FILE holds: kind, versions, ids, sections, tensors, metadata, lineage.
@@ -27,7 +28,7 @@ def inspect(file: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @json_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal, for large files).")
 def verify(file: str, as_json: bool, progress: bool | None) -> None:
@@ -41,7 +42,7 @@ def verify(file: str, as_json: bool, progress: bool | None) -> None:
             status = "ok" if s.ok else f"DAMAGED: {s.problem}"
             click.echo(f"  {s.path:<40} {status}")
             for t in s.damaged_tensors[:20]:
-                click.echo(f"      tensor {t}")
+                click.echo(f"      tensor {one_line(t)}")
         click.echo(f"  content id {'ok' if report.content_id_ok else 'MISMATCH'}: {report.content_id}")
         click.echo(f"{file}: {'intact' if report.ok else 'DAMAGED'}")
     if not report.ok:
