@@ -17,7 +17,17 @@ from .errors import AncError, FormatError, IntegrityError, UsageError, VersionEr
 from .reader import Checkpoint, TensorMapping, UnknownSectionWarning, open_checkpoint  # noqa: E402
 from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, LineageRecord, Manifest, Metadata  # noqa: E402
 from .verify import VerifyReport  # noqa: E402
-from .writer import Writer, save  # noqa: E402
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    # The writer needs torch; loading it lazily keeps `import anemoi_ckpt` (and `inspect`,
+    # `verify`) free of torch's seconds-long import.
+    if name in ("Writer", "save"):
+        from . import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module 'anemoi_ckpt' has no attribute {name!r}")
+
 
 open = open_checkpoint  # noqa: A001 - ``anemoi_ckpt.open(path)`` is the documented entry point
 

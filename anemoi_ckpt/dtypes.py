@@ -1,11 +1,17 @@
 """The dtype table: safetensors dtype codes, torch dtypes and numpy dtypes.
 
 Pure data. The codes are safetensors' own, so a tensor member stays an ordinary safetensors file.
+torch is imported on first use only: ``inspect`` and ``verify`` never need it, and importing it
+costs seconds at every command start.
 """
 
 from __future__ import annotations
 
-import torch
+import functools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # code -> (torch attribute name, item size in bytes). Listed in safetensors' order of preference.
 _TABLE: dict[str, tuple[str, int]] = {
@@ -30,23 +36,37 @@ _TABLE: dict[str, tuple[str, int]] = {
     "U64": ("uint64", 8),
 }
 
-#: code -> torch dtype, for the codes this torch build knows.
-CODE_TO_TORCH: dict[str, torch.dtype] = {
-    code: getattr(torch, attr) for code, (attr, _) in _TABLE.items() if hasattr(torch, attr)
-}
-#: torch dtype -> code.
-TORCH_TO_CODE: dict[torch.dtype, str] = {dt: code for code, dt in CODE_TO_TORCH.items()}
 #: code -> item size in bytes (also for codes this torch lacks, so headers can still be validated).
 ITEMSIZE: dict[str, int] = {code: size for code, (_, size) in _TABLE.items()}
 
 
+@functools.cache
+def _torch_tables() -> tuple[dict[str, "torch.dtype"], dict["torch.dtype", str]]:
+    import torch
 
-def code_of(dtype: torch.dtype) -> str:
+    code_to_torch = {code: getattr(torch, attr) for code, (attr, _) in _TABLE.items()
+                     if hasattr(torch, attr)}
+    return code_to_torch, {dt: code for code, dt in code_to_torch.items()}
+
+
+def __getattr__(name: str) -> Any:
+    # CODE_TO_TORCH (code -> torch dtype, for the codes this torch build knows) and TORCH_TO_CODE,
+    # built on first access.
+    if name == "CODE_TO_TORCH":
+        return _torch_tables()[0]
+    if name == "TORCH_TO_CODE":
+        return _torch_tables()[1]
+    raise AttributeError(name)
+
+
+
+def code_of(dtype: "torch.dtype") -> str:
     """The safetensors code of a torch dtype, or a clear error for one safetensors cannot hold."""
+    code_to_torch, torch_to_code = _torch_tables()
     try:
-        return TORCH_TO_CODE[dtype]
+        return torch_to_code[dtype]
     except KeyError:
-        raise TypeError(f"dtype {dtype} cannot be stored (supported: {', '.join(CODE_TO_TORCH)})") from None
+        raise TypeError(f"dtype {dtype} cannot be stored (supported: {', '.join(code_to_torch)})") from None
 
 
 def nbytes(code: str, shape: list[int] | tuple[int, ...]) -> int:

@@ -17,21 +17,22 @@ import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from packaging.version import Version
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, sections as S, stformat
 from .anemoi_meta import check_leaf, iter_leaves, nest
-from .dtypes import CODE_TO_TORCH
+from . import dtypes
 from .errors import FormatError, IntegrityError, UsageError, VersionError
 from .hashing import sha256_hex, tagged
 from .schema import FORMAT_VERSION, Lineage, Manifest, Metadata, Section
-from .tensorio import view_tensor
 from .zipread import Member, read_directory
+
+if TYPE_CHECKING:
+    import torch
 
 #: JSON members are read whole; refuse absurd sizes before allocating.
 MAX_JSON = 256 << 20
@@ -288,7 +289,7 @@ class Checkpoint:
         return f"<Checkpoint {self.path!r} kind={self.kind} uuid={self.uuid}>"
 
 
-class TensorMapping(Mapping[str, torch.Tensor]):
+class TensorMapping(Mapping[str, "torch.Tensor"]):
     """Name -> tensor for one section; the header is checked against the manifest on creation."""
 
     def __init__(self, ck: Checkpoint, sec: Section, member: Member) -> None:
@@ -322,10 +323,14 @@ class TensorMapping(Mapping[str, torch.Tensor]):
         t = self._cache.get(target)
         if t is None:
             e = self.entries[target]
-            if e.dtype not in CODE_TO_TORCH:  # a valid code an older torch lacks (e.g. F8_E8M0)
+            if e.dtype not in dtypes.CODE_TO_TORCH:  # a valid code an older torch lacks (F8_E8M0)
+                import torch
+
                 raise VersionError(self._ck.path, f"tensor {target!r}: dtype {e.dtype} is not "
                                    f"supported by torch {torch.__version__}", "upgrade torch",
                                    section=self.section.path)
+            from .tensorio import view_tensor  # torch is loaded on the first tensor, not at import
+
             t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
             self._cache[target] = t
         return t

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import open_checkpoint, save
+from .. import open_checkpoint
 from ..errors import one_line
 from ..summary import render, summarize
 from .main import cli, emit_json
@@ -61,6 +61,7 @@ def verify(file: str, as_json: bool, progress: bool | None) -> None:
 def demo(out_dir: str, channels: int, layers: int) -> None:
     """Build a demo anemoi-shaped checkpoint, then inspect and verify it."""
     from ..demo import demo_anemoi_metadata, demo_graph, demo_state_dict
+    from ..writer import save
 
     os.makedirs(out_dir, exist_ok=True)
     path = Path(out_dir) / "demo-model.anc"
