@@ -28,7 +28,7 @@ from .anemoi_meta import check_leaf, iter_leaves, nest
 from . import dtypes
 from .errors import FormatError, IntegrityError, UsageError, VersionError
 from .hashing import sha256_hex, tagged
-from .schema import FORMAT_VERSION, Lineage, Manifest, Metadata, Section
+from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, Manifest, Metadata, Section
 from .zipread import Member, read_directory
 
 if TYPE_CHECKING:
@@ -139,7 +139,11 @@ class Checkpoint:
 
     def _json(self, raw: bytes, label: str) -> Any:
         try:
-            return json.loads(raw.decode("utf-8"))
+            return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise FormatError(self.path, f"duplicate JSON key {str(e)[:80]!r}",
+                              "two parsers could read different values; the file was tampered with",
+                              section=label) from None
         except UnicodeDecodeError as e:
             raise FormatError(self.path, f"not UTF-8 ({e.reason} at byte {e.start})",
                               section=label) from None
@@ -186,13 +190,28 @@ class Checkpoint:
     def format_version(self) -> str:
         return self.manifest.format_version
 
+    def _schema_doc(self, cls: type[BaseModel], rel: str) -> Any:
+        obj = self._checked_json(rel)
+        version = obj.get("schema_version") if isinstance(obj, dict) else None
+        if isinstance(version, str) and version.split(".")[0].isdigit() \
+                and int(version.split(".")[0]) > int(SCHEMA_VERSION.split(".")[0]):
+            raise VersionError(self.path, f"schema_version {version} is newer than this anemoi-ckpt "
+                               f"({__version__}, reads {SCHEMA_VERSION.split('.')[0]}.x)",
+                               "upgrade anemoi-ckpt", section=rel)
+        return self._model(cls, obj, rel)
+
     @cached_property
     def metadata(self) -> Metadata:
-        return self._model(Metadata, self._checked_json(S.METADATA_PATH), S.METADATA_PATH)
+        return self._schema_doc(Metadata, S.METADATA_PATH)
 
     @cached_property
     def lineage(self) -> Lineage:
-        return self._model(Lineage, self._checked_json(S.LINEAGE_PATH), S.LINEAGE_PATH)
+        return self._schema_doc(Lineage, S.LINEAGE_PATH)
+
+    def unlisted_members(self) -> list[str]:
+        """Members in the archive that the manifest does not list (a writer lists every one)."""
+        listed = {sec.path for sec in self.manifest.sections} | {S.MANIFEST_PATH}
+        return [rel for rel in self._members if rel not in listed]
 
     @property
     def _anemoi_rel(self) -> str:
@@ -307,7 +326,7 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
             entries, _ = stformat.parse_header(prefix[8:], member.size)
         except stformat.HeaderError as e:
             raise FormatError(path, str(e), section=label) from None
-        if {e.name for e in entries} != set(table.digests):
+        if {e.name for e in entries} != set(table.digests) or len(entries) != table.count:
             raise FormatError(path, "tensor names differ from the manifest", section=label)
         base = member.data_offset + 8 + n
         self.entries = {e.name: e for e in entries}
@@ -344,6 +363,19 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
 
     def __contains__(self, name: object) -> bool:
         return name in self.entries or name in self.aliases
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -118,6 +118,8 @@ def verify(ck: "Checkpoint", *, progress: bool | None = None) -> VerifyReport:
                 logical = {e.name: (e.dtype, e.shape, actual[e.name]) for e in entries}
                 logical.update({a: logical[t] for a, t in mapping.aliases.items()})
                 weights_entries = [(n, c, s, d) for n, (c, s, d) in logical.items()]
+    for rel in ck.unlisted_members():
+        results.append(SectionResult(rel, "unlisted", False, "member not listed in the manifest"))
     content_id = hashing.content_id(weights_entries) if weights_entries is not None else ""
     cid_ok = content_id == ck.content_id
     ok = cid_ok and all(r.ok for r in results)

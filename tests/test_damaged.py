@@ -1176,3 +1176,43 @@ def test_random_cut_and_splice(small: Small, data: st.DataObject) -> None:
 
 def test_undamaged_small_file_is_ok(small: Small) -> None:
     assert check_damaged(small, small.data) == "ok"
+
+
+# --- consistency rules between the manifest and what it describes -------------------------------
+
+def test_duplicate_keys_in_manifest_json(demo_file: Path, tmp_path: Path) -> None:
+    a = Archive(demo_file)
+    raw = a["manifest.json"]
+    a["manifest.json"] = raw[:-1] + b',"kind":"training"}'  # valid JSON, two values for "kind"
+    bad = a.write(tmp_path / "dup.anc", refresh=False)
+    open_fails(bad, FormatError, "duplicate JSON key 'kind'", section="manifest.json")
+
+
+def test_newer_metadata_schema_is_refused(demo_file: Path, tmp_path: Path) -> None:
+    a = Archive(demo_file)
+    md = json.loads(a["metadata.json"])
+    md["schema_version"] = "2.0"
+    a["metadata.json"] = json.dumps(md).encode()
+    bad = a.write(tmp_path / "schema2.anc")
+    access_fails(bad, lambda ck: ck.metadata, VersionError, "schema_version 2.0 is newer",
+                 "upgrade anemoi-ckpt", section="metadata.json")
+
+
+def test_tensor_count_must_match_the_header(demo_file: Path, tmp_path: Path) -> None:
+    a = Archive(demo_file)
+    m = a.manifest
+    a.section(m, "graph.safetensors")["tensors"]["count"] += 1
+    a.manifest = m
+    bad = a.write(tmp_path / "count.anc")
+    access_fails(bad, lambda ck: ck.tensors("graph"), FormatError, "differ from the manifest",
+                 section="graph.safetensors")
+
+
+def test_verify_flags_members_the_manifest_does_not_list(demo_file: Path, tmp_path: Path) -> None:
+    a = Archive(demo_file)
+    a.add_raw(a.name("smuggled.bin"), b"extra data hidden in an intact-looking file")
+    bad = a.write(tmp_path / "extra.anc")
+    with anemoi_ckpt.open(bad) as ck:
+        report = ck.verify()
+    assert not report.ok and report.content_id_ok
+    assert [(s.path, s.problem) for s in report.damaged] == [("smuggled.bin", "member not listed in the manifest")]
