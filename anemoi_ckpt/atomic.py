@@ -14,7 +14,10 @@ from typing import BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
+                  durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a file to write; on success it replaces ``path`` atomically. ``durable`` adds the
+    fsync calls that make the new file survive a power cut, not only a crash of this process."""
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
     if not overwrite and os.path.exists(target):
@@ -24,14 +27,16 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True) -> Iterato
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    if durable:
+        _fsync_dir(folder)
 
 
 def _umask() -> int:

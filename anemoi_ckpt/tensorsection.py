@@ -1,15 +1,17 @@
 """Streams one safetensors member into the zip: tensors go straight to disk as they are added.
 
 The header is only complete once the last tensor is in, so the member starts with a reserved
-region that the header fills at the end (:meth:`_MemberStream.set_prefix`). Each tensor's sha256
-runs in a worker thread while the calling thread writes it and updates the CRC: hashing and CRC,
-not I/O, bound the speed of a save (see docs/format.md, "Digest choice").
+region that the header fills at the end (:meth:`_MemberStream.set_prefix`). The calling thread
+only writes; each tensor's sha256 runs in a worker pool and the member's running CRC-32 in one
+more thread (in order, so no CRC combination per tensor is needed): hashing and CRC, not I/O,
+bound the speed of a save (see docs/format.md, "Digest choice").
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -23,15 +25,19 @@ _MAX_PENDING = 512 << 20
 
 
 class TensorSectionWriter:
-    def __init__(self, zw: ZipWriter, member: str, pool: ThreadPoolExecutor, *,
-                 reserve: int, on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, zw: ZipWriter, member: str, pool: ThreadPoolExecutor,
+                 crc_pool: ThreadPoolExecutor, *, reserve: int,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
         self._stream = zw.open_member(member)
         reserve = max(64, reserve + (-reserve) % 64)
         self._stream.reserve(reserve)
         self._pool = pool
+        self._crc_pool = crc_pool  # exactly one worker: CRC steps run in submission order
+        self._crc = 0
+        self._crc_last: Future[None] | None = None
         self._entries: list[stformat.TensorEntry] = []
         self._futures: dict[str, Future[str]] = {}
-        self._pending: collections.deque[tuple[Future[str], int]] = collections.deque()
+        self._pending: collections.deque[tuple[Future[str], Future[None] | None, int]] = collections.deque()
         self._pending_bytes = 0
         self._pos = 0
         self.aliases: dict[str, str] = {}
@@ -47,17 +53,25 @@ class TensorSectionWriter:
         # The future holds ``flat`` (and so the tensor) until its digest is done.
         fut = self._pool.submit(hashing.sha256_hex, flat.data)
         self._futures[name] = fut
-        self._pending.append((fut, n))
-        self._pending_bytes += n
+        crc_fut = None
         if n:
-            self._stream.write(flat.data)
+            self._stream.write(flat.data, crc=False)
+            crc_fut = self._crc_last = self._crc_pool.submit(self._crc_step, flat.data)
+        self._pending.append((fut, crc_fut, n))
+        self._pending_bytes += n
         self._pos += n
         if self._on_bytes:
             self._on_bytes(n)
         while self._pending_bytes > _MAX_PENDING and self._pending:
-            done, size = self._pending.popleft()
+            done, crc_done, size = self._pending.popleft()
             done.result()
+            if crc_done is not None:
+                crc_done.result()
             self._pending_bytes -= size
+
+    def _crc_step(self, data: memoryview) -> None:
+        # zlib.crc32 releases the GIL on large buffers: it runs beside the writes and the hashes.
+        self._crc = zlib.crc32(data, self._crc)
 
     def add_alias(self, alias: str, target: str) -> None:
         self.aliases[alias] = target
@@ -67,6 +81,9 @@ class TensorSectionWriter:
 
     def close(self) -> tuple[TensorTable, str, int, list[stformat.TensorEntry]]:
         """Write the header, close the member. Returns (table, section digest, size, entries)."""
+        if self._crc_last is not None:
+            self._crc_last.result()  # FIFO: the last step done means all are
+        self._stream.record.crc = self._crc
         prefix = stformat.padded_header(stformat.header_json(self._entries), self._stream._reserved)
         self._stream.set_prefix(prefix)
         size = self._stream.record.size

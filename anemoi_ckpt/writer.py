@@ -55,7 +55,8 @@ class Writer:
                  supporting_arrays: Mapping[str, Any] | None = None,
                  parents: Iterable[Any] = (), operation: str | None = None,
                  parameters: Mapping[str, Any] | None = None,
-                 header_reserve: int = 64 << 10, progress: Progress | None = None) -> None:
+                 header_reserve: int = 64 << 10, progress: Progress | None = None,
+                 durable: bool = True) -> None:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
         self.path = os.fspath(path)
@@ -69,8 +70,9 @@ class Writer:
         self._progress = progress
         self._root = _root_name(self.path)
         self._stack = ExitStack()
-        self._fh = self._stack.enter_context(atomic_output(self.path))
+        self._fh = self._stack.enter_context(atomic_output(self.path, durable=durable))
         self._pool = self._stack.enter_context(ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)))
+        self._crc_pool = self._stack.enter_context(ThreadPoolExecutor(max_workers=1))
         self._zw = ZipWriter(self._fh)
         self._sections: list[Section] = []
         self._open: tuple[str, TensorSectionWriter] | None = None
@@ -96,6 +98,7 @@ class Writer:
             raise ValueError(f"section {section!r} was already closed; add its tensors together")
         self._close_section()
         tw = TensorSectionWriter(self._zw, f"{self._root}/{S.tensor_section_path(section)}", self._pool,
+                                 self._crc_pool,
                                  reserve=self._reserve if reserve is None else reserve,
                                  on_bytes=self._progress.update if self._progress else None)
         self._open = (section, tw)
@@ -236,9 +239,13 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, kind: 
          supporting_arrays: Mapping[str, Any] | None = None, parents: Iterable[Any] = (),
          operation: str | None = None, parameters: Mapping[str, Any] | None = None,
          sections: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-         progress: bool | None = None) -> str:
+         progress: bool | None = None, durable: bool = True) -> str:
     """Write ``tensors`` (and optional extra tensor ``sections``, e.g. ``{"graph": {...}}``) to an
-    ``.anc`` at ``path`` atomically. Returns the path."""
+    ``.anc`` at ``path`` atomically. Returns the path.
+
+    ``durable=False`` skips the fsync calls: the rename is still atomic (readers see the old file
+    or the new one), but after a power cut the new file may be missing; about half the time of a
+    1 GB save on our machines goes to fsync (benchmarks/README.md)."""
     if sections and "weights" in sections:
         raise ValueError("pass the weights as `tensors`, not in `sections`")
     all_sections = {"weights": tensors, **(sections or {})}
@@ -246,7 +253,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, kind: 
     with Progress.for_bytes(total, f"writing {os.path.basename(os.fspath(path))}", progress) as bar:
         with Writer(path, kind=kind, metadata=metadata, anemoi_metadata=anemoi_metadata,
                     supporting_arrays=supporting_arrays, parents=parents, operation=operation,
-                    parameters=parameters, progress=bar) as w:
+                    parameters=parameters, progress=bar, durable=durable) as w:
             for name, sec in all_sections.items():
                 w.add_section(name, sec)
     return os.fspath(path)

@@ -167,9 +167,11 @@ class _MemberStream:
         self.name_len = name_len
         self._reserved = 0
 
-    def write(self, data: bytes | memoryview) -> int:
-        # zlib.crc32 releases the GIL on large buffers, so hashing threads keep running meanwhile.
-        self.record.crc = zlib.crc32(data, self.record.crc)
+    def write(self, data: bytes | memoryview, *, crc: bool = True) -> int:
+        """Append ``data``. With ``crc=False`` the caller computes the CRC elsewhere (a thread
+        beside the writer) and sets ``record.crc`` before closing."""
+        if crc:
+            self.record.crc = zlib.crc32(data, self.record.crc)
         n = self._zw._fh.write(data)
         self.record.size += len(data) if n is None else n
         return n
