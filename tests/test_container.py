@@ -161,3 +161,18 @@ def test_load_into_module(tmp_path: Path) -> None:
             ck.load_into(other)
         with pytest.raises(anemoi_ckpt.FormatError, match=r"shape mismatch .*0.weight \(3, 4\) vs \(5, 4\)"):
             ck.load_into(other, strict=False)
+
+
+def test_non_durable_save_is_still_complete_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    anemoi_ckpt.save(tmp_path / "fast.anc", {"w": torch.arange(10.0)}, durable=False)
+    assert calls == []
+    anemoi_ckpt.save(tmp_path / "safe.anc", {"w": torch.arange(10.0)})
+    assert len(calls) >= 1  # the durable default fsyncs the file (and its folder)
+    with anemoi_ckpt.open(tmp_path / "fast.anc") as ck:
+        assert ck.verify().ok and torch.equal(ck.tensors()["w"], torch.arange(10.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.anc", "safe.anc"]
