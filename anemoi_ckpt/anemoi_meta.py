@@ -103,3 +103,15 @@ def nest(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
 
 def _where(trail: tuple[str, ...]) -> str:
     return "".join(f"[{k!r}]" for k in trail)
+
+
+def flat_arrays(nested: Mapping[str, Any], trail: str = "") -> dict[str, np.ndarray]:
+    """Nested supporting arrays as one level, keyed ``"<dataset>/<key>"`` (``"<key>"`` when flat)."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in nested.items():
+        if isinstance(value, Mapping):
+            out.update(flat_arrays(value, f"{trail}{key}/"))
+        else:
+            out[f"{trail}{key}"] = value
+    return out
+

@@ -9,6 +9,7 @@ import collections
 import math
 from typing import Any
 
+from .anemoi_meta import flat_arrays
 from .reader import Checkpoint
 
 
@@ -59,17 +60,7 @@ def summarize(ck: Checkpoint) -> dict[str, Any]:
 
 
 def _array_list(ck: Checkpoint) -> list[str]:
-    out: list[str] = []
-
-    def walk(d: dict[str, Any], trail: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{trail}{k}/")
-            else:
-                out.append(f"{trail}{k} {v.dtype} {list(v.shape)}")
-
-    walk(ck.supporting_arrays, "")
-    return out
+    return [f"{k} {v.dtype} {list(v.shape)}" for k, v in flat_arrays(ck.supporting_arrays).items()]
 
 
 def human_size(n: int) -> str:

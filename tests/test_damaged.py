@@ -645,16 +645,22 @@ def test_local_extra_length_shifts_the_data(demo_file: Path, tmp_path: Path) -> 
 
 # --- versions and sections ---------------------------------------------------------------------
 
-def _with_manifest(demo_file: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], Any],
-                   extra: dict[str, bytes] | None = None) -> Path:
-    a = Archive(demo_file)
+def rewrite_manifest(src: Path, dst: Path, edit: Callable[[dict[str, Any]], Any],
+                     extra: dict[str, bytes] | None = None) -> Path:
+    """``src`` with members ``extra`` added, a consistent manifest, then ``edit`` applied to it."""
+    a = Archive(src)
     for rel, data in (extra or {}).items():
         a[rel] = data
     a.refresh()
     m = a.manifest
     edit(m)
     a.manifest = m
-    return a.write(tmp_path / "edited.anc", refresh=False)
+    return a.write(dst, refresh=False)
+
+
+def _with_manifest(demo_file: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], Any],
+                   extra: dict[str, bytes] | None = None) -> Path:
+    return rewrite_manifest(demo_file, tmp_path / "edited.anc", edit, extra)
 
 
 def test_newer_major_version(demo_file: Path, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import anemoi_ckpt
 import anemoi_ckpt.cli.commands  # noqa: F401 - registers the commands on ``cli``
 from anemoi_ckpt.cli.main import cli
 from anemoi_ckpt.demo import demo_anemoi_metadata, demo_graph, demo_state_dict
+from tests.test_damaged import rewrite_manifest as _rewrite_manifest
 from tests.test_damaged import (Archive, central_entries, flipped, patched, sha, split_tensor_member,
                                 tensor_member)
 
@@ -49,18 +50,6 @@ def _write(root: Path, name: str, data: bytes) -> Path:
     path = root / name
     path.write_bytes(data)
     return path
-
-
-def _rewrite_manifest(src: Path, dst: Path, edit: Callable[[dict], object],
-                      extra: dict[str, bytes] | None = None) -> Path:
-    a = Archive(src)
-    for rel, data in (extra or {}).items():
-        a[rel] = data
-    a.refresh()
-    m = a.manifest
-    edit(m)
-    a.manifest = m
-    return a.write(dst, refresh=False)
 
 
 def _spans(path: Path) -> dict[str, tuple[int, int]]:

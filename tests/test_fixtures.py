@@ -15,6 +15,7 @@ import safetensors.torch
 import torch
 
 import anemoi_ckpt
+from anemoi_ckpt.anemoi_meta import flat_arrays
 from tests.conftest import FIXTURES
 
 CASES = [(d.name, name, info) for d in sorted(FIXTURES.glob("format-*"))
@@ -51,17 +52,9 @@ def test_golden_file(version: str, name: str, info: dict) -> None:
         assert [r.uuid for r in ck.lineage.records] == info["lineage"]
         if "supporting_arrays" in info:
             assert ck.anemoi_metadata["version"] == info["anemoi_metadata_version"]
-            flat = {}
-
-            def walk(d: dict, trail: str) -> None:
-                for k, v in d.items():
-                    if isinstance(v, dict):
-                        walk(v, f"{trail}{k}/")
-                    else:
-                        flat[f"{trail}{k}"] = hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
-
-            walk(ck.supporting_arrays, "")
-            assert flat == info["supporting_arrays"]
+            flat = flat_arrays(ck.supporting_arrays)
+            assert {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+                    for k, v in flat.items()} == info["supporting_arrays"]
 
 
 @pytest.mark.parametrize("version,name,info", CASES, ids=[f"{v}/{n}" for v, n, _ in CASES])
