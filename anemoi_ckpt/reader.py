@@ -7,7 +7,6 @@ the file), created only for the sections and names asked for.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import mmap
@@ -15,7 +14,6 @@ import os
 import stat
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +21,12 @@ import numpy as np
 from packaging.version import Version
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, sections as S, stformat
+from . import __version__, sections as S
 from .anemoi_meta import check_leaf, iter_leaves, nest
-from . import dtypes
 from .errors import FormatError, IntegrityError, UsageError, VersionError
 from .hashing import sha256_hex, tagged
 from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, Manifest, Metadata, Section
+from .tensormap import TensorMapping
 from .zipread import Member, read_directory
 
 if TYPE_CHECKING:
@@ -306,63 +304,6 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"<Checkpoint {self.path!r} kind={self.kind} uuid={self.uuid}>"
-
-
-class TensorMapping(Mapping[str, "torch.Tensor"]):
-    """Name -> tensor for one section; the header is checked against the manifest on creation."""
-
-    def __init__(self, ck: Checkpoint, sec: Section, member: Member) -> None:
-        self._ck = ck
-        self.section = sec
-        table = sec.tensors
-        assert table is not None
-        mm, path, label = ck._mm, ck.path, sec.path
-        try:
-            n = stformat.read_header_length(mm[member.data_offset:member.data_offset + 8], member.size)
-            prefix = mm[member.data_offset:member.data_offset + 8 + n]
-            if hashlib.sha256(prefix).hexdigest() != table.header_digest:
-                raise IntegrityError(path, "header digest mismatch", "the file is damaged",
-                                     section=label)
-            entries, _ = stformat.parse_header(prefix[8:], member.size)
-        except stformat.HeaderError as e:
-            raise FormatError(path, str(e), section=label) from None
-        if {e.name for e in entries} != set(table.digests) or len(entries) != table.count:
-            raise FormatError(path, "tensor names differ from the manifest", section=label)
-        base = member.data_offset + 8 + n
-        self.entries = {e.name: e for e in entries}
-        self._offsets = {e.name: base + e.begin for e in entries}
-        for alias, target in table.aliases.items():
-            if target not in self.entries or alias in self.entries:
-                raise FormatError(path, f"bad alias {alias!r} -> {target!r}", section=label)
-        self.aliases = dict(table.aliases)
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        target = self.aliases.get(name, name)
-        t = self._cache.get(target)
-        if t is None:
-            e = self.entries[target]
-            if e.dtype not in dtypes.CODE_TO_TORCH:  # a valid code an older torch lacks (F8_E8M0)
-                import torch
-
-                raise VersionError(self._ck.path, f"tensor {target!r}: dtype {e.dtype} is not "
-                                   f"supported by torch {torch.__version__}", "upgrade torch",
-                                   section=self.section.path)
-            from .tensorio import view_tensor  # torch is loaded on the first tensor, not at import
-
-            t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
-            self._cache[target] = t
-        return t
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self.entries
-        yield from self.aliases
-
-    def __len__(self) -> int:
-        return len(self.entries) + len(self.aliases)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.entries or name in self.aliases
 
 
 class _DuplicateKey(ValueError):

@@ -1,0 +1,79 @@
+"""Name -> tensor for one tensor section of an open ``.anc``: checked on creation, lazy after.
+
+Creating the mapping reads only the safetensors header (checked against the manifest's header
+digest, names and count); each tensor is a zero-copy view over the checkpoint's private memory
+map, made on first access and cached so aliases and repeated reads return the same object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from . import dtypes, stformat
+from .errors import FormatError, IntegrityError, VersionError
+from .schema import Section
+from .zipread import Member
+
+if TYPE_CHECKING:
+    import torch
+
+    from .reader import Checkpoint
+
+
+class TensorMapping(Mapping[str, "torch.Tensor"]):
+    """Name -> tensor for one section; the header is checked against the manifest on creation."""
+
+    def __init__(self, ck: Checkpoint, sec: Section, member: Member) -> None:
+        self._ck = ck
+        self.section = sec
+        table = sec.tensors
+        assert table is not None
+        mm, path, label = ck._mm, ck.path, sec.path
+        try:
+            n = stformat.read_header_length(mm[member.data_offset:member.data_offset + 8], member.size)
+            prefix = mm[member.data_offset:member.data_offset + 8 + n]
+            if hashlib.sha256(prefix).hexdigest() != table.header_digest:
+                raise IntegrityError(path, "header digest mismatch", "the file is damaged",
+                                     section=label)
+            entries, _ = stformat.parse_header(prefix[8:], member.size)
+        except stformat.HeaderError as e:
+            raise FormatError(path, str(e), section=label) from None
+        if {e.name for e in entries} != set(table.digests) or len(entries) != table.count:
+            raise FormatError(path, "tensor names differ from the manifest", section=label)
+        base = member.data_offset + 8 + n
+        self.entries = {e.name: e for e in entries}
+        self._offsets = {e.name: base + e.begin for e in entries}
+        for alias, target in table.aliases.items():
+            if target not in self.entries or alias in self.entries:
+                raise FormatError(path, f"bad alias {alias!r} -> {target!r}", section=label)
+        self.aliases = dict(table.aliases)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        target = self.aliases.get(name, name)
+        t = self._cache.get(target)
+        if t is None:
+            e = self.entries[target]
+            if e.dtype not in dtypes.CODE_TO_TORCH:  # a valid code an older torch lacks (F8_E8M0)
+                import torch
+
+                raise VersionError(self._ck.path, f"tensor {target!r}: dtype {e.dtype} is not "
+                                   f"supported by torch {torch.__version__}", "upgrade torch",
+                                   section=self.section.path)
+            from .tensorio import view_tensor  # torch is loaded on the first tensor, not at import
+
+            t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
+            self._cache[target] = t
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.entries
+        yield from self.aliases
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.aliases)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries or name in self.aliases
