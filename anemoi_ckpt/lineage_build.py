@@ -35,10 +35,10 @@ def _resolve(parent: Any) -> tuple[ParentRef, list[LineageRecord]]:
     raise TypeError(f"cannot use {type(parent).__name__} as a parent (Checkpoint, path, ParentRef or dict)")
 
 
-def build_lineage(*, uuid: str, kind: Kind, content_id: str, operation: str,
-                  parameters: Mapping[str, Any], parents: Iterable[Any], created: str,
-                  code_versions: Mapping[str, str] | None = None, dataset: str | None = None,
-                  run_id: str | None = None, config_digest: str | None = None) -> Lineage:
+def resolve_parents(parents: Iterable[Any]) -> tuple[list[ParentRef], list[LineageRecord]]:
+    """Parent references and their ancestors' records (each uuid once, nearest first).
+
+    Writers call this before writing anything, so a bad parent fails fast."""
     refs: list[ParentRef] = []
     ancestors: dict[str, LineageRecord] = {}
     for p in parents:
@@ -46,6 +46,16 @@ def build_lineage(*, uuid: str, kind: Kind, content_id: str, operation: str,
         refs.append(ref)
         for rec in records:
             ancestors.setdefault(rec.uuid, rec)
+    return refs, list(ancestors.values())
+
+
+def build_lineage(*, uuid: str, kind: Kind, content_id: str, operation: str,
+                  parameters: Mapping[str, Any], parents: tuple[list[ParentRef], list[LineageRecord]],
+                  created: str, code_versions: Mapping[str, str] | None = None,
+                  dataset: str | None = None, run_id: str | None = None,
+                  config_digest: str | None = None) -> Lineage:
+    refs, records = parents
+    ancestors = {r.uuid: r for r in records}
     own = LineageRecord(uuid=uuid, kind=kind, content_id=content_id, operation=operation,
                         parameters=dict(parameters), parents=refs, created=created,
                         tool=Tool(name="anemoi-ckpt", version=__version__),

@@ -16,7 +16,7 @@ import torch
 from . import __version__, hashing, sections as S
 from .anemoi_meta import arrays_paths, iter_arrays
 from .atomic import atomic_output
-from .lineage_build import build_lineage, utc_now
+from .lineage_build import build_lineage, resolve_parents, utc_now
 from .progress import Progress
 from .schema import FORMAT_VERSION, Kind, Manifest, Metadata, Producer, Section
 from .dtypes import code_of
@@ -47,6 +47,11 @@ class Writer:
 
     Tensor sections are written one after the other: adding to a section closes the previous
     one, and a closed section cannot be reopened.
+
+    ``parents`` (open checkpoints, paths, ``ParentRef``s or ``{"uuid", "content_id"}`` dicts) and
+    ``operation``/``parameters`` make this file's lineage record; ancestors' records are copied
+    in. ``header_reserve`` is the room kept for each section's safetensors header (a larger
+    header still works: the data is moved up in bounded chunks). ``durable=False`` skips fsync.
     """
 
     def __init__(self, path: str | os.PathLike, *, kind: Kind = "inference",
@@ -63,7 +68,7 @@ class Writer:
         self.kind = kind
         self.uuid = str(uuidlib.uuid4())
         self.metadata = Metadata.model_validate(metadata if metadata is not None else {})
-        self._parents = list(parents)
+        self._parents = resolve_parents(parents)  # before writing: a bad parent fails fast
         self._operation = operation or "create"
         self._parameters = dict(parameters or {})
         self._reserve = header_reserve

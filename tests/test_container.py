@@ -176,3 +176,9 @@ def test_non_durable_save_is_still_complete_and_atomic(tmp_path: Path, monkeypat
     with anemoi_ckpt.open(tmp_path / "fast.anc") as ck:
         assert ck.verify().ok and torch.equal(ck.tensors()["w"], torch.arange(10.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.anc", "safe.anc"]
+
+
+def test_bad_parent_fails_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(anemoi_ckpt.FormatError, match="no such file"):
+        anemoi_ckpt.Writer(tmp_path / "child.anc", parents=[tmp_path / "missing.anc"])
+    assert list(tmp_path.iterdir()) == []
