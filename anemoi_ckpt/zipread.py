@@ -31,8 +31,12 @@ class Member:
     crc: int
 
 
-def read_directory(path: str, fh: BinaryIO, file_size: int) -> tuple[str, dict[str, Member]]:
-    """Return (root folder, members keyed by their path relative to the root)."""
+def read_directory(path: str, fh: BinaryIO, file_size: int,
+                   require: str = "manifest.json") -> tuple[str, dict[str, Member]]:
+    """Return (root folder, members keyed by their path relative to the root).
+
+    ``require`` names the member that identifies the kind of archive expected (``manifest.json``
+    for an ``.anc``, ``data.pkl`` for a torch checkpoint)."""
     if file_size == 0:
         raise FormatError(path, "empty file", "not an .anc; was the write interrupted?")
     try:
@@ -44,9 +48,11 @@ def read_directory(path: str, fh: BinaryIO, file_size: int) -> tuple[str, dict[s
                           "an .anc ends with a zip directory; the file may be incomplete") from None
     # Checked first, so any other zip (a torch.save() file, a zip of anything) gets this message
     # rather than a complaint about whichever container rule it happens to break first.
-    if not any(i.filename.count("/") == 1 and i.filename.endswith("/" + _MANIFEST) for i in infos):
-        raise FormatError(path, "no manifest.json in the archive",
-                          "not an .anc; for a torch or Lightning .ckpt use 'anemoi-ckpt convert'")
+    if not any(i.filename.count("/") == 1 and i.filename.endswith("/" + require) for i in infos):
+        if require == _MANIFEST:
+            raise FormatError(path, "no manifest.json in the archive",
+                              "not an .anc; for a torch or Lightning .ckpt use 'anemoi-ckpt convert'")
+        raise FormatError(path, f"no {require} in the archive", "not a torch checkpoint")
     cd_start: int = zf.start_dir  # members must end before the central directory
     seen: set[str] = set()
     roots: set[str] = set()

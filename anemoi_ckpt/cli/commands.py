@@ -78,3 +78,26 @@ def demo(out_dir: str, channels: int, layers: int) -> None:
                f"content id {'ok' if report.content_id_ok else 'MISMATCH'})")
     if not report.ok:
         raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@json_option
+def scan(file: str, as_json: bool) -> None:
+    """List the globals a pickled torch checkpoint references, and which would run code.
+
+    Reads the pickle with the restricted unpickler: nothing in FILE is imported or executed."""
+    from ..legacy.scan import scan as scan_file
+
+    report = scan_file(file)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    width = max((len(g["global"]) for g in report.globals), default=0)
+    for g in report.globals:
+        status = ("DANGEROUS" if g["dangerous"] else "executes" if g["would_execute"]
+                  else "allowed" if g["allowed"] else "inert")
+        click.echo(f"  {one_line(g['global']):<{width}}  {status:<9}  called {g['calls']}x")
+    click.echo(f"{file}: {len(report.globals)} globals, {report.tensors} tensors; "
+               f"{len(report.executing)} would execute code under torch.load(weights_only=False)"
+               + (f", {len(report.dangerous)} dangerous: {', '.join(report.dangerous)}" if report.dangerous else ""))
