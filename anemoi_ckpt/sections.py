@@ -33,13 +33,14 @@ def register(role: Role) -> Role:
 register(Role("weights", SAFETENSORS, "Model parameters and persistent buffers. Always present."))
 register(Role("tensors", SAFETENSORS, "Any other named tensor section (e.g. graph, optimizer)."))
 register(Role("graph", SAFETENSORS, "Graph topology and edge attributes (non-persistent buffers)."))
+register(Role("buffers", SAFETENSORS, "Non-persistent module buffers (named as named_buffers() gives)."))
 register(Role("metadata", JSON, "Typed metadata (docs/schemas/metadata.schema.json). Always present."))
 register(Role("lineage", JSON, "This file's lineage record and its ancestors'. Always present."))
 register(Role("anemoi-metadata", JSON, "anemoi's metadata dict, verbatim, as anemoi-utils writes it."))
 register(Role("supporting-array", NUMPY_RAW, "A raw numpy array listed in supporting_arrays_paths."))
 
 #: Tensor sections with a dedicated role; any other tensor section gets role "tensors".
-TENSOR_SECTION_ROLES = {"weights": "weights", "graph": "graph"}
+TENSOR_SECTION_ROLES = {"weights": "weights", "graph": "graph", "buffers": "buffers"}
 
 #: Member paths (relative to the root folder) of the fixed sections.
 MANIFEST_PATH = "manifest.json"

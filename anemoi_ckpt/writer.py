@@ -131,13 +131,17 @@ class Writer:
             raise ValueError(f"duplicate tensor name {alias!r} in section {section!r}")
         tw.add_alias(alias, tw.aliases.get(target, target))
 
+    def begin_section(self, section: str, specs: Iterable[tuple[str, str, tuple[int, ...], int]]) -> None:
+        """Open ``section`` with its header room sized exactly for the tensors about to be added,
+        given as (name, dtype code, shape, nbytes): no wasted padding, no data move at the end."""
+        self._section(section, reserve=exact_reserve(list(specs)))
+
     def add_section(self, section: str, tensors: Mapping[str, torch.Tensor]) -> None:
         """Add a whole tensor section at once. Its header size is known in advance, so it is
         reserved exactly and the data never moves; aliases follow their targets."""
         stored, aliases = _plan(tensors)
-        specs = [(n, code_of(tensors[n].dtype), tuple(tensors[n].shape),
-                  tensors[n].numel() * tensors[n].element_size()) for n in stored]
-        self._section(section, reserve=exact_reserve(specs))
+        self.begin_section(section, [(n, code_of(tensors[n].dtype), tuple(tensors[n].shape),
+                                      tensors[n].numel() * tensors[n].element_size()) for n in stored])
         for name in stored + aliases:
             self.add(name, tensors[name], section=section)
 

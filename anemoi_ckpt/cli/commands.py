@@ -101,3 +101,36 @@ def scan(file: str, as_json: bool) -> None:
     click.echo(f"{file}: {len(report.globals)} globals, {report.tensors} tensors; "
                f"{len(report.executing)} would execute code under torch.load(weights_only=False)"
                + (f", {len(report.dangerous)} dangerous: {', '.join(report.dangerous)}" if report.dangerous else ""))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Convert several sources into this folder.")
+@click.option("--from", "source_format", help="Force the source format (default: detected).")
+@click.option("--dry-run", is_flag=True, help="Read and report; write nothing.")
+@json_option
+def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | None, dry_run: bool,
+            as_json: bool) -> None:
+    """Convert SRC into DST (.anc) without running its pickle: `convert SRC DST` or
+    `convert SRC... --out-dir DIR`. Every tensor is read back and compared bit for bit."""
+    from ..convert import convert as convert_one
+
+    if out_dir is None:
+        if len(paths) != 2:
+            raise click.UsageError("give SRC DST, or SRC... --out-dir DIR")
+        jobs = [(paths[0], paths[1])]
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        jobs = [(p, os.path.join(out_dir, Path(p).stem + ".anc")) for p in paths]
+    reports = []
+    for src, dst in jobs:
+        r = convert_one(src, dst, source_format=source_format, dry_run=dry_run)
+        reports.append(r.to_dict())
+        if not as_json:
+            counts = ", ".join(f"{n} {s}" for s, n in r.tensors.items()) or "no tensors"
+            target = "(dry run)" if dry_run else f"-> {dst}"
+            click.echo(f"{src} [{r.format}] {target}: {counts}, {r.bytes:,} bytes"
+                       + ("" if dry_run else f"; {r.verified} tensors verified bit for bit, "
+                          f"content id {r.content_id}"))
+    if as_json:
+        emit_json(reports if out_dir is not None else reports[0])

@@ -1,0 +1,65 @@
+"""Finding tensors in an unpickled object tree (stand-ins and plain containers) by their names.
+
+Names follow torch's own conventions: ``state_dict()`` for modules (parameters and persistent
+buffers, dotted by submodule) and ``named_buffers()`` for the non-persistent buffers, which exist
+only in the pickled module (anemoi keeps its graph edges there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import FormatError
+from ..legacy.standins import StandIn, TensorRef
+
+
+def _module_state(obj: StandIn) -> dict[str, Any] | None:
+    state = obj.state
+    if isinstance(state, dict) and "_parameters" in state and "_modules" in state:
+        return state
+    return None
+
+
+def module_tensors(root: StandIn, path: str) -> tuple[dict[str, TensorRef], dict[str, TensorRef]]:
+    """(state_dict-style tensors, non-persistent buffers) of a pickled ``nn.Module`` tree."""
+    weights: dict[str, TensorRef] = {}
+    buffers: dict[str, TensorRef] = {}
+    stack: list[tuple[str, StandIn]] = [("", root)]
+    seen: set[int] = set()
+    while stack:
+        prefix, mod = stack.pop()
+        state = _module_state(mod)
+        if state is None or id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        for name, ref in (state.get("_parameters") or {}).items():
+            if isinstance(ref, TensorRef):
+                weights[prefix + name] = ref
+        non_persistent = state.get("_non_persistent_buffers_set") or set()
+        for name, ref in (state.get("_buffers") or {}).items():
+            if isinstance(ref, TensorRef):
+                (buffers if name in non_persistent else weights)[prefix + name] = ref
+        children = [(f"{prefix}{n}.", m) for n, m in (state.get("_modules") or {}).items()
+                    if isinstance(m, StandIn)]
+        stack.extend(reversed(children))
+    if not weights and not buffers:
+        raise FormatError(path, f"the pickled {root.dotted} holds no module parameters or buffers")
+    return weights, buffers
+
+
+def flat_state_dict(obj: Mapping[str, Any], path: str) -> dict[str, TensorRef]:
+    """A (possibly nested) dict of tensors as dotted names; any other leaf is refused by name."""
+    out: dict[str, TensorRef] = {}
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        prefix, value = stack.pop()
+        if isinstance(value, TensorRef):
+            out[prefix.rstrip(".")] = value
+        elif isinstance(value, Mapping):
+            stack.extend((f"{prefix}{k}.", v) for k, v in reversed(list(value.items())))
+        else:
+            what = value.dotted if isinstance(value, StandIn) else type(value).__name__
+            raise FormatError(path, f"entry {prefix.rstrip('.')!r} is a {what}, not a tensor",
+                              "only state dicts of tensors convert as torch-state-dict")
+    return out

@@ -1,0 +1,162 @@
+"""Source readers, one per foreign format, behind a registry with automatic detection.
+
+A source yields tensors lazily (name -> zero-copy view over the source file), section by
+section, plus the anemoi metadata it carries. Pickled sources go through the restricted
+unpickler only: nothing in them is imported or executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..dtypes import ITEMSIZE, nbytes
+from ..errors import FormatError, UsageError
+from ..legacy.standins import StandIn, TensorRef
+from ..legacy.torchzip import TorchZipCheckpoint
+from .harvest import flat_state_dict, module_tensors
+
+
+@dataclass
+class Source:
+    path: str
+    format: str
+    kind: str
+    sections: dict[str, Callable[[], Iterator[tuple[str, Any]]]]
+    #: per section, (name, dtype code, shape, nbytes) of every tensor, known without reading data
+    specs: dict[str, list[tuple[str, str, tuple[int, ...], int]]] = field(default_factory=dict)
+    anemoi_metadata: dict[str, Any] | None = None
+    supporting_arrays: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
+
+
+def _anemoi_metadata(ck: TorchZipCheckpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """anemoi-utils' metadata members, read as data (never via the pickle)."""
+    rel = next((r for r in ck._members if r.endswith("/anemoi.json") or r == "anemoi.json"), None)
+    if rel is None:
+        return None, None
+    from ..anemoi_meta import ARRAY_DTYPES, iter_leaves, nest
+    import numpy as np
+
+    m = ck._members[rel]
+    try:
+        md = json.loads(bytes(ck._mm[m.data_offset:m.data_offset + m.size]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise FormatError(ck.path, f"invalid anemoi metadata ({e})", section=rel) from None
+    flat = {}
+    prefix = f"{ck.root}/"
+    for trail, entry in iter_leaves(md.get("supporting_arrays_paths", {})):
+        member = ck._members.get(str(entry["path"]).removeprefix(prefix))
+        dtype = ARRAY_DTYPES.get(entry.get("dtype"))
+        if member is None or dtype is None:
+            raise FormatError(ck.path, f"supporting array {'/'.join(trail)} is missing or has an "
+                              "unsupported dtype", section=rel)
+        raw = ck._mm[member.data_offset:member.data_offset + member.size]
+        flat[trail] = np.frombuffer(raw, dtype=dtype).reshape(entry["shape"])
+    md.pop("supporting_arrays_paths", None)
+    return md, nest(flat)
+
+
+def _open_torch(path: str) -> Source:
+    ck = TorchZipCheckpoint(path)
+    obj = ck.obj
+    md, arrays = _anemoi_metadata(ck)
+    if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
+        ck.close()
+        raise FormatError(path, "Lightning training checkpoints are not converted yet",
+                         "convert its inference twin, or export model.state_dict() with torch.save")
+    if isinstance(obj, StandIn):
+        weights, buffers = module_tensors(obj, path)
+        fmt, kind = "torch-module", "inference"
+        groups = {"weights": weights, **({"buffers": buffers} if buffers else {})}
+        details = {"module_class": obj.dotted, "non_persistent_buffers": len(buffers)}
+        fmt, kind = "torch-module", "inference"
+    elif isinstance(obj, dict):
+        groups = {"weights": flat_state_dict(obj, path)}
+        fmt, kind = "torch-state-dict", "inference"
+        details = {}
+    else:
+        ck.close()
+        raise FormatError(path, f"the pickle holds a {type(obj).__name__}, not a state dict or a model")
+    sections = {sec: (lambda refs=refs: ((n, ck.tensor(r)) for n, r in refs.items()))
+                for sec, refs in groups.items()}
+    specs = {sec: [(n, _code(r.storage.dtype_name), r.size, _nbytes(r)) for n, r in refs.items()]
+             for sec, refs in groups.items()}
+    return Source(path, fmt, kind, sections, specs, md, arrays, details, ck.close)
+
+
+def _code(dtype_name: str) -> str:
+    from ..dtypes import _TABLE
+
+    return next((c for c, (attr, _) in _TABLE.items() if attr == dtype_name), "U8")
+
+
+def _nbytes(ref: TensorRef) -> int:
+    from ..dtypes import ITEMSIZE
+
+    n = ITEMSIZE[_code(ref.storage.dtype_name)]
+    for d in ref.size:
+        n *= d
+    return n
+
+
+def _open_safetensors(path: str) -> Source:
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(path, framework="pt")
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise FormatError(path, f"not a readable safetensors file ({e})") from None
+    names = list(handle.keys())
+    specs = []
+    for n in names:
+        sl = handle.get_slice(n)
+        shape, code = tuple(sl.get_shape()), sl.get_dtype()
+        specs.append((n, code, shape, nbytes(code, shape) if code in ITEMSIZE else 0))
+    return Source(path, "safetensors", "inference",
+                  {"weights": lambda: ((n, handle.get_tensor(n)) for n in names)},
+                  {"weights": specs}, details={"metadata": handle.metadata() or {}})
+
+
+def _is_torch_zip(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_safetensors(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+    except OSError:
+        return False
+
+
+#: name -> (detector, opener). Order matters: the first detector that accepts a file wins.
+SOURCES: dict[str, tuple[Callable[[str], bool], Callable[[str], Source]]] = {
+    "torch": (_is_torch_zip, _open_torch),
+    "safetensors": (_is_safetensors, _open_safetensors),
+}
+
+
+def detect(path: str | os.PathLike, forced: str | None = None) -> Source:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FormatError(path, "no such file" if not os.path.exists(path) else "not a regular file")
+    if forced is not None:
+        if forced not in SOURCES:
+            raise UsageError(path, f"unknown source format {forced!r}", f"one of {', '.join(SOURCES)}")
+        return SOURCES[forced][1](path)
+    for detector, opener in SOURCES.values():
+        if detector(path):
+            return opener(path)
+    raise FormatError(path, "unrecognised checkpoint format",
+                      f"supported: {', '.join(SOURCES)}; force one with --from")

@@ -1,0 +1,133 @@
+"""`anemoi-ckpt convert`: foreign checkpoints into .anc without running their pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+import anemoi_ckpt
+from anemoi_ckpt.convert import convert
+from tests.conftest import arrays_equal, run_cli
+
+
+class WithGraph(torch.nn.Module):
+    """A module with a non-persistent buffer, as anemoi keeps its graph edges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(4, 3)
+        self.norm = torch.nn.LayerNorm(3)
+        self.register_buffer("edge_index", torch.randint(0, 9, (2, 12)), persistent=False)
+        self.register_buffer("scale", torch.rand(3))
+
+
+def raw_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+def test_state_dict_round_trip_matches_torch_load(tmp_path: Path) -> None:
+    sd = {"w": torch.randn(5, 3), "t": torch.randn(3, 5).t(), "h": torch.randn(4).half(),
+          "i": torch.arange(6)[::2], "e": torch.empty(0, 2), "nested": {"b": torch.ones(2, dtype=torch.bool)}}
+    torch.save(sd, tmp_path / "sd.pt")
+    report = convert(tmp_path / "sd.pt", tmp_path / "sd.anc")
+    assert report.format == "torch-state-dict" and report.verified == 6
+    expected = torch.load(tmp_path / "sd.pt", weights_only=True)
+    flat = {**{k: v for k, v in expected.items() if k != "nested"}, "nested.b": expected["nested"]["b"]}
+    with anemoi_ckpt.open(tmp_path / "sd.anc") as ck:
+        out = ck.state_dict()
+        assert out.keys() == flat.keys() and all(raw_equal(out[k], v) for k, v in flat.items())
+        rec = ck.lineage.records[0]
+        assert rec.operation == "convert" and rec.parameters["source_format"] == "torch-state-dict"
+        assert rec.parameters["source_sha256"] == report.source_sha256
+        assert ck.verify().ok
+
+
+def test_module_pickle_gives_weights_and_non_persistent_buffers(tmp_path: Path) -> None:
+    model = WithGraph()
+    torch.save(model, tmp_path / "model.ckpt")
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    report = convert(tmp_path / "model.ckpt", tmp_path / "model.anc")
+    assert report.format == "torch-module" and report.tensors == {"weights": 5, "buffers": 1}
+    with anemoi_ckpt.open(tmp_path / "model.anc") as ck:
+        weights = ck.state_dict()
+        assert weights.keys() == model.state_dict().keys()
+        assert all(raw_equal(weights[k], v) for k, v in model.state_dict().items())
+        assert raw_equal(ck.tensors("buffers")["edge_index"], model.edge_index)
+        assert ck.section("buffers.safetensors").role == "buffers"
+        fresh = WithGraph()
+        ck.load_into(fresh)
+        assert torch.equal(fresh.encoder.weight, model.encoder.weight)
+    # The pickled model and its state dict hold the same weights: the same content id.
+    assert convert(tmp_path / "sd.pt", tmp_path / "sd.anc").content_id == report.content_id
+
+
+def test_safetensors_source(tmp_path: Path) -> None:
+    sd = {"a": torch.randn(3, 2), "b": torch.arange(4).to(torch.bfloat16)}
+    safetensors.torch.save_file(sd, tmp_path / "m.safetensors")
+    report = convert(tmp_path / "m.safetensors", tmp_path / "m.anc")
+    assert report.format == "safetensors" and report.verified == 2
+    with anemoi_ckpt.open(tmp_path / "m.anc") as ck:
+        assert all(raw_equal(ck.tensors()[k], v) for k, v in sd.items())
+
+
+def test_anemoi_metadata_and_arrays_carried_over(tmp_path: Path) -> None:
+    checkpoints = pytest.importorskip("anemoi.utils.checkpoints")
+    path = tmp_path / "inference-last.ckpt"
+    torch.save(WithGraph(), path)
+    md = {"version": "2.0", "uuid": "source-uuid", "config": {"a": [1, 2]}}
+    arrays = {"data": {"latitudes": np.linspace(-90, 90, 5), "longitudes": np.arange(5.0)}}
+    checkpoints.save_metadata(str(path), md, supporting_arrays=arrays)
+    convert(path, tmp_path / "out.anc")
+    got_md, got_arrays = checkpoints.load_metadata(str(tmp_path / "out.anc"), supporting_arrays=True)
+    assert got_md["config"] == md["config"] and got_md["version"] == "2.0"
+    assert arrays_equal(got_arrays, arrays)
+    with anemoi_ckpt.open(tmp_path / "out.anc") as ck:
+        assert got_md["uuid"] == ck.uuid  # a new file; the source is its parent in lineage
+        assert [(p.uuid, p.role) for p in ck.lineage.records[0].parents] == [("source-uuid", "source")]
+
+
+def test_malicious_state_dict_is_refused_naming_the_global(tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {canary}",)
+
+    torch.save({"w": torch.ones(2), "x": Evil()}, tmp_path / "evil.pt")
+    out = run_cli("convert", str(tmp_path / "evil.pt"), str(tmp_path / "evil.anc"))
+    assert out.returncode == 1 and not canary.exists()
+    assert "entry 'x' is a posix.system, not a tensor" in out.stderr
+    assert not (tmp_path / "evil.anc").exists()
+
+
+def test_unsupported_inputs(tmp_path: Path) -> None:
+    (tmp_path / "junk.bin").write_bytes(os.urandom(64))
+    with pytest.raises(anemoi_ckpt.FormatError, match="unrecognised checkpoint format"):
+        convert(tmp_path / "junk.bin", tmp_path / "o.anc")
+    torch.save({"pytorch-lightning_version": "2.5", "state_dict": {}}, tmp_path / "last.ckpt")
+    with pytest.raises(anemoi_ckpt.FormatError, match="Lightning training checkpoints are not converted yet"):
+        convert(tmp_path / "last.ckpt", tmp_path / "o.anc")
+    with pytest.raises(anemoi_ckpt.UsageError, match="unknown source format 'gguf'"):
+        convert(tmp_path / "last.ckpt", tmp_path / "o.anc", source_format="gguf")
+    assert not (tmp_path / "o.anc").exists()
+
+
+def test_cli_batch_dry_run_and_usage(tmp_path: Path) -> None:
+    torch.save({"a": torch.ones(2)}, tmp_path / "one.pt")
+    torch.save({"b": torch.zeros(3)}, tmp_path / "two.pt")
+    out = run_cli("convert", str(tmp_path / "one.pt"), str(tmp_path / "two.pt"), "--out-dir",
+                  str(tmp_path / "out"), "--json")
+    assert out.returncode == 0, out.stderr
+    reports = json.loads(out.stdout)
+    assert [r["verified"] for r in reports] == [1, 1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one.anc", "two.anc"]
+    dry = run_cli("convert", str(tmp_path / "one.pt"), str(tmp_path / "dry.anc"), "--dry-run", "--json")
+    assert dry.returncode == 0 and json.loads(dry.stdout)["tensors"] == {"weights": 1}
+    assert not (tmp_path / "dry.anc").exists()
+    assert run_cli("convert", str(tmp_path / "one.pt")).returncode == 2
