@@ -83,6 +83,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     out = run_cli("demo", "--out-dir", str(tmp_path / "d"))
     assert out.returncode == 0, out.stderr
     assert "verify: intact" in out.stdout
+    assert "0 would execute code" in out.stdout and "content id equals the demo model's" in out.stdout
     with anemoi_ckpt.open(tmp_path / "d" / "demo-model.anc") as ck:
         assert ck.verify().ok and ck.tensors("graph")
 
