@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import IntegrityError
+from ..progress import Progress
 from ..reader import open_checkpoint
 from .sources import Source, detect
 
@@ -58,7 +59,7 @@ def _raw(t: Any) -> Any:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_format: str | None = None,
-            dry_run: bool = False, durable: bool = True) -> ConvertReport:
+            dry_run: bool = False, durable: bool = True, progress: bool | None = None) -> ConvertReport:
     """Convert ``src`` into an ``.anc`` at ``dst`` (nothing is written when ``dry_run``)."""
     from ..writer import Writer
 
@@ -81,9 +82,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         params = {"source": os.path.basename(source.path), "source_sha256": report.source_sha256,
                   "source_format": source.format, "tool_version": __version__, "steps": []}
         keep_alive = []  # views over the source map: aliases are detected only among live tensors
-        with Writer(dst, kind=source.kind, anemoi_metadata=source.anemoi_metadata,
-                    supporting_arrays=source.supporting_arrays, parents=parents,
-                    operation="convert", parameters=params, durable=durable) as w:
+        total = sum(spec[3] for specs in source.specs.values() for spec in specs)
+        with Progress.for_bytes(total, f"converting {os.path.basename(source.path)}", progress) as bar, \
+                Writer(dst, kind=source.kind, anemoi_metadata=source.anemoi_metadata,
+                       supporting_arrays=source.supporting_arrays, parents=parents,
+                       operation="convert", parameters=params, durable=durable, progress=bar) as w:
             for section, tensors in source.sections.items():
                 if section in source.specs:
                     w.begin_section(section, source.specs[section])
