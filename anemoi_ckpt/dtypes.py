@@ -36,6 +36,8 @@ _TABLE: dict[str, tuple[str, int]] = {
     "U64": ("uint64", 8),
 }
 
+#: torch dtype attribute name -> code (no torch import needed).
+TORCH_NAME_TO_CODE: dict[str, str] = {attr: code for code, (attr, _) in _TABLE.items()}
 #: code -> item size in bytes (also for codes this torch lacks, so headers can still be validated).
 ITEMSIZE: dict[str, int] = {code: size for code, (_, size) in _TABLE.items()}
 

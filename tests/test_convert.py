@@ -131,3 +131,11 @@ def test_cli_batch_dry_run_and_usage(tmp_path: Path) -> None:
     assert dry.returncode == 0 and json.loads(dry.stdout)["tensors"] == {"weights": 1}
     assert not (tmp_path / "dry.anc").exists()
     assert run_cli("convert", str(tmp_path / "one.pt")).returncode == 2
+
+
+def test_unstorable_dtype_is_refused_before_writing(tmp_path: Path) -> None:
+    torch.save({"ok": torch.ones(2), "z": torch.ones(2, dtype=torch.complex128)}, tmp_path / "c.pt")
+    out = run_cli("convert", str(tmp_path / "c.pt"), str(tmp_path / "c.anc"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "tensor 'z' has dtype complex128, which .anc cannot store" in out.stderr
+    assert not (tmp_path / "c.anc").exists()

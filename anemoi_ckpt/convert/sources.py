@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dtypes import ITEMSIZE, nbytes
+from ..dtypes import ITEMSIZE, TORCH_NAME_TO_CODE as DTYPE_CODES, nbytes
 from ..errors import FormatError, UsageError
-from ..legacy.standins import StandIn, TensorRef
+from ..legacy.standins import StandIn
 from ..legacy.torchzip import TorchZipCheckpoint
 from .harvest import flat_state_dict, module_tensors
 
@@ -85,24 +85,23 @@ def _open_torch(path: str) -> Source:
         raise FormatError(path, f"the pickle holds a {type(obj).__name__}, not a state dict or a model")
     sections = {sec: (lambda refs=refs: ((n, ck.tensor(r)) for n, r in refs.items()))
                 for sec, refs in groups.items()}
-    specs = {sec: [(n, _code(r.storage.dtype_name), r.size, _nbytes(r)) for n, r in refs.items()]
-             for sec, refs in groups.items()}
+    try:
+        specs = {sec: [(n, _code(r.storage.dtype_name, n, path), r.size,
+                        nbytes(_code(r.storage.dtype_name, n, path), r.size)) for n, r in refs.items()]
+                 for sec, refs in groups.items()}
+    except FormatError:
+        ck.close()
+        raise
     return Source(path, fmt, kind, sections, specs, md, arrays, details, ck.close)
 
 
-def _code(dtype_name: str) -> str:
-    from ..dtypes import _TABLE
-
-    return next((c for c, (attr, _) in _TABLE.items() if attr == dtype_name), "U8")
-
-
-def _nbytes(ref: TensorRef) -> int:
-    from ..dtypes import ITEMSIZE
-
-    n = ITEMSIZE[_code(ref.storage.dtype_name)]
-    for d in ref.size:
-        n *= d
-    return n
+def _code(dtype_name: str, tensor: str, path: str) -> str:
+    """The .anc dtype code of a torch storage dtype, or a clear refusal (e.g. complex128)."""
+    code = DTYPE_CODES.get(dtype_name)
+    if code is None:
+        raise FormatError(path, f"tensor {tensor!r} has dtype {dtype_name}, which .anc cannot store",
+                          "cast it to a supported dtype before converting")
+    return code
 
 
 def _open_safetensors(path: str) -> Source:
@@ -117,7 +116,9 @@ def _open_safetensors(path: str) -> Source:
     for n in names:
         sl = handle.get_slice(n)
         shape, code = tuple(sl.get_shape()), sl.get_dtype()
-        specs.append((n, code, shape, nbytes(code, shape) if code in ITEMSIZE else 0))
+        if code not in ITEMSIZE:
+            raise FormatError(path, f"tensor {n!r} has dtype {code}, which .anc cannot store")
+        specs.append((n, code, shape, nbytes(code, shape)))
     return Source(path, "safetensors", "inference",
                   {"weights": lambda: ((n, handle.get_tensor(n)) for n in names)},
                   {"weights": specs}, details={"metadata": handle.metadata() or {}})
