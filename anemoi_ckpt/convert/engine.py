@@ -82,7 +82,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         keep_alive = []  # views over the source map: aliases are detected only among live tensors
         total = sum(spec[3] for specs in source.specs.values() for spec in specs)
         with Progress.for_bytes(total, f"converting {os.path.basename(source.path)}", progress) as bar, \
-                Writer(dst, kind=source.kind, anemoi_metadata=source.anemoi_metadata,
+                Writer(dst, kind=source.kind, metadata=source.extra_metadata,
+                       anemoi_metadata=source.anemoi_metadata,
                        supporting_arrays=source.supporting_arrays, parents=parents,
                        operation="convert", parameters=params, durable=durable, progress=bar) as w:
             for section, tensors in source.sections.items():

@@ -17,7 +17,7 @@ from typing import Any
 from ..dtypes import ITEMSIZE, TORCH_NAME_TO_CODE as DTYPE_CODES, nbytes
 from ..errors import FormatError, UsageError
 from ..legacy.standins import StandIn
-from ..legacy.torchzip import TorchZipCheckpoint
+from ..legacy.torchzip import TorchZipCheckpoint, _is_legacy_torch
 from .harvest import flat_state_dict, module_tensors
 
 
@@ -33,6 +33,8 @@ class Source:
     supporting_arrays: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
     close: Callable[[], None] = lambda: None
+    #: extra keys for the output's metadata.json (e.g. a PEFT adapter's config), validated as Metadata
+    extra_metadata: dict[str, Any] | None = None
 
 
 def _anemoi_metadata(ck: TorchZipCheckpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -132,6 +134,14 @@ def _is_torch_zip(path: str) -> bool:
         return False
 
 
+def _is_legacy_torch_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return _is_legacy_torch(fh.read(64))
+    except OSError:
+        return False
+
+
 def _is_safetensors(path: str) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -141,16 +151,28 @@ def _is_safetensors(path: str) -> bool:
         return False
 
 
+def _hf(name: str) -> Callable[[str], Any]:
+    """A reader from hf_sources, imported when called (it imports this module: no cycle)."""
+    def call(path: str) -> Any:
+        from . import hf_sources
+        return getattr(hf_sources, name)(path)
+    return call
+
+
 #: name -> (detector, opener). Order matters: the first detector that accepts a file wins.
+#: Detectors get files and folders alike (a folder source: sharded safetensors, PEFT adapter).
 SOURCES: dict[str, tuple[Callable[[str], bool], Callable[[str], Source]]] = {
     "torch": (_is_torch_zip, _open_torch),
     "safetensors": (_is_safetensors, _open_safetensors),
+    "peft": (_hf("is_peft"), _hf("open_peft")),
+    "safetensors-sharded": (_hf("is_sharded"), _hf("open_sharded")),
 }
 
 
 def detect(path: str | os.PathLike, forced: str | None = None) -> Source:
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    is_dir = os.path.isdir(path)
+    if not is_dir and not os.path.isfile(path):
         raise FormatError(path, "no such file" if not os.path.exists(path) else "not a regular file")
     if forced is not None:
         if forced not in SOURCES:
@@ -159,5 +181,11 @@ def detect(path: str | os.PathLike, forced: str | None = None) -> Source:
     for detector, opener in SOURCES.values():
         if detector(path):
             return opener(path)
+    if is_dir:
+        raise FormatError(path, "a folder that is neither sharded safetensors nor a PEFT adapter",
+                          "looked for model.safetensors.index.json or another *.safetensors.index.json, "
+                          "and for adapter_config.json")
+    if _is_legacy_torch_file(path):  # the torch reader refuses it with its own clear message
+        return _open_torch(path)
     raise FormatError(path, "unrecognised checkpoint format",
                       f"supported: {', '.join(SOURCES)}; force one with --from")
