@@ -1,0 +1,220 @@
+"""The registry of operation kinds a translation step may use.
+
+Every operation is a pure function. A *names* operation takes the current tensor names per section
+and returns only the names it changes, as ``(section, name) -> (section, name)``; the engine
+composes those, checks for collisions and never loses a name. A *metadata* operation takes the
+metadata dict and returns a new one (the input is never mutated). Keep this set small: a new
+layout change should be expressible as a TOML step over these kinds, not as new Python.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .metadata_v2 import synthesize_metadata_inference
+
+Names = Mapping[str, list[str]]
+Move = dict[tuple[str, str], tuple[str, str]]
+
+
+class OpError(ValueError):
+    """A step's operation cannot apply to these names (the engine adds the file/label)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an operation may read besides the names: never mutated."""
+
+    anemoi_metadata: Mapping[str, Any] | None
+    label: str
+
+
+@dataclass(frozen=True)
+class OpKind:
+    target: str  # "names" or "metadata"
+    fn: Callable[..., Any]
+    required: frozenset[str]
+    optional: frozenset[str] = frozenset()
+    regex_params: frozenset[str] = frozenset()  # compiled at load time so a bad regex names its file
+
+
+def _sections(names: Names, params: Mapping[str, Any]) -> list[str]:
+    # An omitted "sections" means every section: a parameter rename must reach its optimizer state.
+    wanted = params.get("sections")
+    return [s for s in names if wanted is None or s in wanted]
+
+
+def op_rename(names: Names, params: Mapping[str, Any], ctx: Context) -> Move:
+    """``pattern`` (regex, searched) -> ``replacement`` (``re`` template), within ``sections``."""
+    pattern: re.Pattern[str] = params["pattern"]
+    out: Move = {}
+    for sec in _sections(names, params):
+        for name in names[sec]:
+            new = pattern.sub(params["replacement"], name, count=1)
+            if new != name:
+                out[(sec, name)] = (sec, new)
+    return out
+
+
+def op_move(names: Names, params: Mapping[str, Any], ctx: Context) -> Move:
+    """Names matching ``pattern`` go from section ``from`` to section ``to``, name unchanged."""
+    pattern: re.Pattern[str] = params["pattern"]
+    src, dst = params["from"], params["to"]
+    return {(src, n): (dst, n) for n in names.get(src, []) if pattern.search(n)}
+
+
+def op_insert_dataset(names: Names, params: Mapping[str, Any], ctx: Context) -> Move:
+    """Insert ``<dataset>.`` after each literal prefix, as anemoi's move_to_multiple_datasets."""
+    dataset = params.get("dataset", "data")
+    prefixes: list[str] = list(params["prefixes"])
+    out: Move = {}
+    for sec in _sections(names, params):
+        for name in names[sec]:
+            prefix = next((p for p in prefixes if name.startswith(p)), None)
+            if prefix is not None:
+                out[(sec, name)] = (sec, f"{prefix}{dataset}.{name[len(prefix):]}")
+    return out
+
+
+def _config_blocks_per_chunk(md: Mapping[str, Any] | None) -> int | None:
+    """``num_layers // num_chunks`` from the training config in the metadata, when both are there.
+
+    Older configs kept ``num_chunks`` on ``model`` rather than ``model.processor``."""
+    model = ((md or {}).get("config") or {}).get("model") or {}
+    proc = model.get("processor") or {}
+    layers = proc.get("num_layers", model.get("num_layers"))
+    chunks = proc.get("num_chunks", model.get("num_chunks"))
+    if not isinstance(layers, int) or not isinstance(chunks, int) or chunks <= 0:
+        return None
+    if layers % chunks:
+        raise OpError(f"config says num_layers={layers} in num_chunks={chunks}: uneven chunks "
+                      "cannot be flattened")
+    return layers // chunks
+
+
+def op_flatten_chunks(names: Names, params: Mapping[str, Any], ctx: Context) -> Move:
+    """``<prefix><chunk>.blocks.<j>.`` -> ``<prefix><chunk*blocks_per_chunk+j>.``.
+
+    ``pattern`` must capture ``prefix``, ``chunk`` and ``block`` (named groups) and match up to the
+    dot after the block index. blocks_per_chunk comes from the names (every chunk must hold the
+    same contiguous blocks 0..n-1) and must agree with the metadata config when that has it."""
+    pattern: re.Pattern[str] = params["pattern"]
+    hits: dict[tuple[str, str], re.Match[str]] = {}
+    blocks: dict[int, set[int]] = {}
+    for sec in _sections(names, params):
+        for name in names[sec]:
+            m = pattern.match(name)
+            if m:
+                hits[(sec, name)] = m
+                blocks.setdefault(int(m["chunk"]), set()).add(int(m["block"]))
+    if not hits:
+        return {}
+    counts = {c: len(b) for c, b in blocks.items()}
+    per_chunk = set(counts.values())
+    if len(per_chunk) != 1 or any(b != set(range(len(b))) for b in blocks.values()):
+        raise OpError(f"processor chunks are uneven (blocks per chunk: {dict(sorted(counts.items()))}); "
+                      "cannot tell which flat layer each block is")
+    inferred = per_chunk.pop()
+    configured = _config_blocks_per_chunk(ctx.anemoi_metadata)
+    if configured is not None and configured != inferred:
+        raise OpError(f"tensor names show {inferred} blocks per processor chunk but the config says "
+                      f"num_layers/num_chunks = {configured}")
+    out: Move = {}
+    for (sec, name), m in hits.items():
+        flat = int(m["chunk"]) * inferred + int(m["block"])
+        out[(sec, name)] = (sec, f"{m['prefix']}{flat}.{name[m.end():]}")
+    return out
+
+
+# ---- metadata operations: dict in, new dict out --------------------------------------------------
+
+def _path(dotted: str) -> list[str]:
+    return dotted.split(".")
+
+
+def meta_set(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Set ``key`` (dotted path) to ``value``, creating intermediate tables."""
+    out = copy.deepcopy(dict(md))
+    *parents, leaf = _path(params["key"])
+    node = out
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = copy.deepcopy(params["value"])
+    return out
+
+
+def meta_move(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Move the value at dotted ``from`` to dotted ``to``; absent ``from`` is a no-op."""
+    out = copy.deepcopy(dict(md))
+    *parents, leaf = _path(params["from"])
+    node: Any = out
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        return out
+    value = node.pop(leaf)
+    return meta_set(out, {"key": params["to"], "value": value})
+
+
+def meta_wrap_dataset(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Wrap each present top-level ``keys`` entry as ``{<dataset>: value}``."""
+    dataset = params.get("dataset", "data")
+    out = copy.deepcopy(dict(md))
+    for key in params["keys"]:
+        if key in out:
+            out[key] = {dataset: out[key]}
+    return out
+
+
+#: python functions a step may call by name (``kind = "meta_call"``, ``function = "..."``), for
+#: metadata changes too structural for set/move/wrap. Each: dict in, new dict out.
+META_FUNCTIONS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "synthesize_metadata_inference": synthesize_metadata_inference,
+}
+
+
+def meta_call(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    return META_FUNCTIONS[params["function"]](md)
+
+
+_S = frozenset({"sections"})
+OPS: dict[str, OpKind] = {
+    "rename": OpKind("names", op_rename, frozenset({"pattern", "replacement"}), _S,
+                     frozenset({"pattern"})),
+    "move": OpKind("names", op_move, frozenset({"pattern", "from", "to"}), frozenset(),
+                   frozenset({"pattern"})),
+    "insert_dataset": OpKind("names", op_insert_dataset, frozenset({"prefixes"}),
+                             _S | {"dataset"}),
+    "flatten_chunks": OpKind("names", op_flatten_chunks, frozenset({"pattern"}), _S,
+                             frozenset({"pattern"})),
+    "meta_set": OpKind("metadata", meta_set, frozenset({"key", "value"})),
+    "meta_move": OpKind("metadata", meta_move, frozenset({"from", "to"})),
+    "meta_wrap_dataset": OpKind("metadata", meta_wrap_dataset, frozenset({"keys"}),
+                                frozenset({"dataset"})),
+    "meta_call": OpKind("metadata", meta_call, frozenset({"function"})),
+}
+
+
+def check_params(kind: str, params: Mapping[str, Any]) -> list[str]:
+    """Problems with one op table (empty when it is valid); pure, used by the step loader."""
+    spec = OPS.get(kind)
+    if spec is None:
+        return [f"unknown op kind {kind!r} (known: {', '.join(sorted(OPS))})"]
+    problems = [f"op {kind!r} needs {p!r}" for p in sorted(spec.required - params.keys())]
+    extra = params.keys() - spec.required - spec.optional
+    problems += [f"op {kind!r} does not take {p!r}" for p in sorted(extra)]
+    if kind == "flatten_chunks" and isinstance(params.get("pattern"), re.Pattern):
+        missing = {"prefix", "chunk", "block"} - params["pattern"].groupindex.keys()
+        if missing:
+            problems.append(f"flatten_chunks pattern lacks named groups {sorted(missing)}")
+    if kind == "meta_call" and params.get("function") not in META_FUNCTIONS:
+        problems.append(f"meta_call function {params.get('function')!r} is not registered "
+                        f"(known: {', '.join(sorted(META_FUNCTIONS))})")
+    return problems
+
+
+__all__ = ["Context", "META_FUNCTIONS", "OPS", "OpError", "OpKind", "check_params"]
