@@ -97,15 +97,16 @@ def _find_index(path: str) -> str:
     return found[0]
 
 
-def _shard_path(index: str, shard: Any, tensor: str) -> str:
-    folder = os.path.dirname(os.path.abspath(index))
+def _shard_name(index: str, shard: Any, tensor: str) -> str:
+    """The weight_map's shard file name, normalised (so './a' and 'a' are one shard) and kept
+    inside the index's folder."""
     if not isinstance(shard, str) or not shard:
         raise FormatError(index, f"weight_map entry for {tensor!r} is not a file name")
-    full = os.path.normpath(os.path.join(folder, shard))
+    name = os.path.normpath(shard)
     # A hostile index must not make us read files outside its folder.
-    if os.path.isabs(shard) or os.path.commonpath([folder, full]) != folder:
+    if os.path.isabs(name) or name == ".." or name.startswith(".." + os.sep):
         raise FormatError(index, f"shard {shard!r} (for {tensor!r}) is outside the index's folder")
-    return full
+    return name
 
 
 def open_sharded(path: str) -> Source:
@@ -120,19 +121,21 @@ def open_sharded(path: str) -> Source:
     if not isinstance(metadata, dict):
         raise FormatError(index, "the index's metadata is not an object")
 
-    # shard file -> tensor names the map assigns to it, in map order
+    # shard name -> tensor names the map assigns to it, in map order
     listed: dict[str, list[str]] = {}
     for tensor, shard in weight_map.items():
-        listed.setdefault(_shard_path(index, shard, tensor), []).append(tensor)
+        listed.setdefault(_shard_name(index, shard, tensor), []).append(tensor)
+    folder = os.path.dirname(index)
     for shard, names in listed.items():
-        if not os.path.isfile(shard):
-            raise FormatError(index, f"shard {os.path.relpath(shard, os.path.dirname(os.path.abspath(index)))!r} "
-                              f"is missing ({len(names)} tensor(s) listed in it, e.g. {names[0]!r})")
+        if not os.path.isfile(os.path.join(folder, shard)):
+            raise FormatError(index, f"shard {shard!r} is missing ({len(names)} tensor(s) listed "
+                              f"in it, e.g. {names[0]!r})")
 
     handles: dict[str, Any] = {}
     specs: list[Spec] = []
     order: list[tuple[str, str]] = []  # (shard, tensor): shard by shard, so reads stay sequential
-    for shard, names in listed.items():
+    for shard_name, names in sorted(listed.items()):  # HF shard names sort in shard order
+        shard = os.path.join(folder, shard_name)  # as the user gave the folder: errors name it so
         handle = handles[shard] = _open_st(shard)
         present = set(handle.keys())
         missing = [n for n in names if n not in present]
@@ -161,9 +164,7 @@ def open_sharded(path: str) -> Source:
     def tensors() -> Iterator[tuple[str, Any]]:
         return ((n, handles[s].get_tensor(n)) for s, n in order)
 
-    folder = os.path.dirname(os.path.abspath(index))
-    details = {"index": os.path.basename(index), "metadata": metadata,
-               "shards": [os.path.relpath(s, folder) for s in listed]}
+    details = {"index": os.path.basename(index), "metadata": metadata, "shards": sorted(listed)}
     return Source(index, "safetensors-sharded", "inference", {"weights": tensors}, {"weights": specs},
                   details=details, close=handles.clear)
 
