@@ -100,8 +100,9 @@ def op_flatten_chunks(names: Names, params: Mapping[str, Any], ctx: Context) -> 
     """``<prefix><chunk>.blocks.<j>.`` -> ``<prefix><chunk*blocks_per_chunk+j>.``.
 
     ``pattern`` must capture ``prefix``, ``chunk`` and ``block`` (named groups) and match up to the
-    dot after the block index. blocks_per_chunk comes from the names (every chunk must hold the
-    same contiguous blocks 0..n-1) and must agree with the metadata config when that has it."""
+    dot after the block index. blocks_per_chunk is ``num_layers // num_chunks`` from the metadata
+    config when it has them (the names must fit, and agree when they hold whole chunks), else it
+    is read from the names, which must then show every chunk with the same blocks 0..n-1."""
     pattern: re.Pattern[str] = params["pattern"]
     hits: dict[tuple[str, str], re.Match[str]] = {}
     blocks: dict[int, set[int]] = {}
@@ -114,18 +115,26 @@ def op_flatten_chunks(names: Names, params: Mapping[str, Any], ctx: Context) -> 
     if not hits:
         return {}
     counts = {c: len(b) for c, b in blocks.items()}
-    per_chunk = set(counts.values())
-    if len(per_chunk) != 1 or any(b != set(range(len(b))) for b in blocks.values()):
-        raise OpError(f"processor chunks are uneven (blocks per chunk: {dict(sorted(counts.items()))}); "
-                      "cannot tell which flat layer each block is")
-    inferred = per_chunk.pop()
+    complete = len(set(counts.values())) == 1 and all(b == set(range(len(b))) for b in blocks.values())
     configured = _config_blocks_per_chunk(ctx.anemoi_metadata)
-    if configured is not None and configured != inferred:
-        raise OpError(f"tensor names show {inferred} blocks per processor chunk but the config says "
-                      f"num_layers/num_chunks = {configured}")
+    if configured is None:
+        if not complete:
+            raise OpError(f"processor chunks are uneven (blocks per chunk: {dict(sorted(counts.items()))}) "
+                          "and the metadata has no num_layers/num_chunks; cannot tell which flat "
+                          "layer each block is")
+        per_chunk = next(iter(counts.values()))
+    else:
+        # The config decides; the names must fit it. A name set that holds whole chunks must
+        # show exactly that many blocks (an optimizer section may hold only some of them).
+        if complete and next(iter(counts.values())) != configured:
+            raise OpError(f"tensor names show {next(iter(counts.values()))} blocks per processor "
+                          f"chunk but the config says num_layers/num_chunks = {configured}")
+        if max(max(b) for b in blocks.values()) >= configured:
+            raise OpError(f"a processor block index exceeds num_layers/num_chunks = {configured}")
+        per_chunk = configured
     out: Move = {}
     for (sec, name), m in hits.items():
-        flat = int(m["chunk"]) * inferred + int(m["block"])
+        flat = int(m["chunk"]) * per_chunk + int(m["block"])
         out[(sec, name)] = (sec, f"{m['prefix']}{flat}.{name[m.end():]}")
     return out
 
