@@ -33,18 +33,59 @@ STORAGE_DTYPES = {
 }
 TORCH_DTYPES = frozenset(set(STORAGE_DTYPES.values()) | {"float8_e8m0fnu"})
 
-#: Modules whose callables are dangerous in a pickle: listed by ``scan`` as such.
+#: Modules whose callables are dangerous in a pickle: listed by ``scan`` as such. A global is
+#: dangerous when any component of its module path is listed here ("os", "torch.multiprocessing")
+#: or any dotted prefix of it is ("torch.hub.load", "numpy.testing._private.utils"). The list
+#: covers fickling 0.1.12's ``UNSAFE_IMPORTS`` and ``UnsafeImportsML.UNSAFE_MODULES`` (kept in
+#: step by tests/test_malicious.py; fickling itself is never imported by this package).
 DANGEROUS_MODULES = frozenset({
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pickle",
-    "_pickle", "marshal", "ctypes", "pty", "webbrowser", "code", "codeop", "commands", "platform",
-    "multiprocessing", "asyncio", "signal", "tempfile", "pathlib", "urllib", "requests", "http",
-    "ftplib", "smtplib", "telnetlib", "types", "operator", "functools", "inspect", "pdb", "timeit",
-    "io", "_io", "builtins.open", "torch.hub", "torch.utils.cpp_extension", "torch.jit", "torch.ops", "numpy.testing",
+    # process execution, system access
+    "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "pty", "commands", "multiprocessing",
+    "platform", "signal", "_signal", "threading", "_thread", "atexit", "_osx_support", "_aix_support",
+    # code execution, compilation, imports
+    "builtins", "__builtin__", "__builtins__", "code", "codeop", "runpy", "marshal", "types", "compile",
+    "exec", "eval", "doctest", "importlib", "_frozen_importlib", "_frozen_importlib_external", "_imp",
+    "pkgutil", "zipimport", "gc", "site", "unittest", "test", "inspect", "compileall", "py_compile",
+    "idlelib", "lib2to3", "pydoc", "pexpect", "venv", "ensurepip", "pip", "distutils",
+    # attribute-access and call gadgets
+    "operator", "_operator", "functools",
+    # debuggers and profilers (they run code)
+    "pdb", "bdb", "timeit", "trace", "cProfile", "profile",
+    # network
+    "socket", "ssl", "http", "httplib", "urllib", "urllib2", "requests", "aiohttp", "asyncio",
+    "webbrowser", "smtplib", "imaplib", "ftplib", "poplib", "telnetlib", "nntplib", "socketserver",
+    "xmlrpc", "select", "selectors",
+    # native code
+    "ctypes", "_ctypes",
+    # nested pickles
+    "pickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve",
+    # files and the file system
+    "shutil", "tempfile", "pathlib", "filecmp", "fileinput", "glob", "linecache", "difflib", "mmap",
+    "tarfile", "zipfile", "sqlite3", "_sqlite3", "io", "_io", "logging", "syslog", "uuid",
+    # ML-specific: code loaders, compilers, JITs
+    "torch.hub", "torch.utils.cpp_extension", "torch.jit", "torch.ops", "torch._dynamo",
+    "torch._inductor", "torch.compile", "torch.package", "numpy.testing", "numpy.f2py",
+    "numpy.distutils", "numpy.ctypeslib",
 })
-DANGEROUS_BUILTINS = frozenset({
-    "eval", "exec", "compile", "open", "getattr", "setattr", "delattr", "__import__", "globals",
-    "locals", "vars", "input", "breakpoint", "memoryview", "apply", "execfile", "file", "reload",
+#: Single callables that are dangerous although their module is not: loaders that unpickle
+#: (nested pickles), code runners, config loaders (fickling's ``UnsafeImportsML.UNSAFE_IMPORTS``).
+DANGEROUS_NAMES = frozenset({
+    "torch.load", "torch.compile", "torch.serialization.load", "torch.serialization._load",
+    "torch.storage._load_from_bytes", "torch.utils._config_module.ConfigModule",
+    "torch.distributed.elastic.rendezvous.api.basichandlers",
+    "numpy.load", "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load", "numpy.lib.format.read_array",
+    "numpy.testing._private.utils.runstring",
 })
+#: Builtins that cannot run code or touch the system (pure functions, data types, constants); any
+#: other builtin (eval, exec, getattr, __import__, type, open, ...) is dangerous.
+SAFE_BUILTINS = frozenset({
+    "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "set",
+    "frozenset", "dict", "len", "abs", "sum", "min", "max", "round", "pow", "divmod", "sorted",
+    "reversed", "enumerate", "zip", "range", "map", "filter", "slice", "iter", "next", "all", "any",
+    "hash", "id", "repr", "ascii", "bin", "hex", "oct", "ord", "chr", "isinstance", "issubclass",
+    "object", "callable", "format", "Ellipsis", "NotImplemented",
+})
+_BUILTIN_MODULES = frozenset({"builtins", "__builtin__", "__builtins__"})
 
 
 @dataclass
@@ -66,10 +107,27 @@ class GlobalUse:
 
 
 def _is_dangerous(module: str, name: str) -> bool:
-    if module in ("builtins", "__builtin__"):
-        return name in DANGEROUS_BUILTINS
-    root = module.split(".")[0]
-    return module in DANGEROUS_MODULES or root in DANGEROUS_MODULES
+    """A known code-execution primitive (a reporting classification: nothing is ever called).
+
+    Protocol 4 names are attribute paths (``torch`` + ``os.system`` reaches ``os.system``), so
+    the name's components count as well as the module's: a listed module, a builtin module, or a
+    dunder (``object.__subclasses__``, ``f.__globals__``) anywhere on the path is dangerous."""
+    parts = name.split(".")
+    if len(parts) > 1 and any(p in DANGEROUS_MODULES or (p.startswith("__") and p.endswith("__"))
+                              for p in parts):
+        return True
+    if module in _BUILTIN_MODULES:
+        return parts[0] not in SAFE_BUILTINS
+    path = module.split(".") + parts
+    if any(".".join(path[:i]) in DANGEROUS_NAMES for i in range(2, len(path) + 1)):
+        return True
+    mod_parts = module.split(".")
+    if any(p in DANGEROUS_MODULES for p in mod_parts) or any(
+            ".".join(mod_parts[:i]) in DANGEROUS_MODULES for i in range(2, len(mod_parts) + 1)):
+        return True
+    if len(parts) > 1:  # torch + hub.load: the attribute path walks into torch.hub
+        return _is_dangerous(f"{module}.{parts[0]}", ".".join(parts[1:]))
+    return False
 
 
 # --- allow-listed reconstructors: pure functions over the pickle's own data ---------------------
