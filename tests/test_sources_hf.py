@@ -307,6 +307,11 @@ def plain_folder(tmp_path: Path) -> tuple[Path, Path, str]:
     return tmp_path / "stuff", tmp_path / "stuff", "a folder that is neither sharded safetensors nor a PEFT adapter"
 
 
+def forced_sharded_without_index(tmp_path: Path) -> tuple[Path, Path, str]:
+    folder = _adapter_files(tmp_path)
+    return folder, folder, "no *.safetensors.index.json in this folder"
+
+
 def legacy_torch(tmp_path: Path) -> tuple[Path, Path, str]:
     torch.save({"w": torch.ones(2)}, tmp_path / "old.bin", _use_new_zipfile_serialization=False)
     return tmp_path / "old.bin", tmp_path / "old.bin", \
@@ -316,11 +321,12 @@ def legacy_torch(tmp_path: Path) -> tuple[Path, Path, str]:
 @pytest.mark.parametrize("damage", [missing_shard, tensor_not_in_shard, unlisted_tensor, total_size_mismatch,
                                     broken_index, shard_outside_folder, broken_adapter_config,
                                     adapter_config_without_type, adapter_without_weights, plain_folder,
-                                    legacy_torch], ids=lambda f: f.__name__)
+                                    forced_sharded_without_index, legacy_torch], ids=lambda f: f.__name__)
 def test_damaged_input_one_line_no_output(tmp_path: Path, damage: Callable) -> None:
     src, named, problem = damage(tmp_path)
     dst = tmp_path / "out.anc"
-    out = run_cli("convert", str(src), str(dst))
+    forced = ["--from", "safetensors-sharded"] if damage is forced_sharded_without_index else []
+    out = run_cli("convert", str(src), str(dst), *forced)
     assert out.returncode == 1
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr

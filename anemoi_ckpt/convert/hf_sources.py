@@ -89,6 +89,8 @@ def _find_index(path: str) -> str:
     if not os.path.isdir(path):
         return path
     found = _index_in(path)
+    if not found:  # reached only with --from safetensors-sharded: detection needs an index
+        raise FormatError(path, f"no *{INDEX_SUFFIX} in this folder", "give the sharded model's folder")
     if os.path.join(path, DEFAULT_INDEX) in found:
         return os.path.join(path, DEFAULT_INDEX)
     if len(found) > 1:  # e.g. two models in one folder: guessing could convert the wrong one
