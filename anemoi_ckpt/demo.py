@@ -33,8 +33,8 @@ def demo_state_dict(*, channels: int = 64, layers: int = 2, n_vars: int = len(VA
                 (torch.rand(out_f, generator=g) * 2 - 1) * bound)
 
     sd: dict[str, torch.Tensor] = {}
-    for prefix, (o, i) in {"model.encoder.emb_nodes_src": (channels, n_vars + 4),
-                           "model.decoder.node_data_extractor.1": (n_vars, channels)}.items():
+    for prefix, (o, i) in {"model.encoder.data.emb_nodes_src": (channels, n_vars + 4),
+                           "model.decoder.data.node_data_extractor.1": (n_vars, channels)}.items():
         sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = lin(o, i)
     for k in range(layers):
         p = f"model.processor.proc.{k}"
@@ -45,12 +45,12 @@ def demo_state_dict(*, channels: int = 64, layers: int = 2, n_vars: int = len(VA
         for ln in ("layer_norm_attention", "layer_norm_mlp"):
             sd[f"{p}.{ln}.weight"] = torch.ones(channels)
             sd[f"{p}.{ln}.bias"] = torch.zeros(channels)
-    sd["model.encoder.trainable_tensor"] = torch.randn(grid_points, 8, generator=g) * 0.01
+    sd["model.node_attributes.trainable_tensors.data.trainable"] = torch.randn(grid_points, 8, generator=g) * 0.01
     # anemoi shares one set of statistics between the input and output normalisers.
     stats = {"_norm_mul": torch.rand(n_vars, generator=g) + 0.5, "_norm_add": torch.randn(n_vars, generator=g)}
     for side in ("pre_processors", "post_processors"):
         for k, v in stats.items():
-            sd[f"{side}.processors.normalizer.{k}"] = v
+            sd[f"{side}.data.processors.normalizer.{k}"] = v
     sd["data_indices_mask"] = torch.tensor([True] * (n_vars - 1) + [False])
     sd["model.num_steps"] = torch.tensor(0, dtype=torch.int64)
     return sd

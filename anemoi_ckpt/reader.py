@@ -125,7 +125,7 @@ class Checkpoint:
             raise VersionError(self.path, f"format {fv} is newer than this anemoi-ckpt "
                                f"({__version__}, reads {_READER_MAJOR}.x)", hint)
         if major < _READER_MAJOR:
-            raise VersionError(self.path, f"format {fv} predates {FORMAT_VERSION}",
+            raise VersionError(self.path, f"format {fv} predates {_READER_MAJOR}.0",
                                "convert it with 'anemoi-ckpt convert'")
 
     # --- raw access ----------------------------------------------------------------------------
@@ -257,6 +257,19 @@ class Checkpoint:
     def tensor_sections(self) -> list[str]:
         return [s.name for s in self._sections.values() if s.tensors is not None and s.name]
 
+    def documents(self) -> list[str]:
+        """Names of the JSON documents (format 1.1+), e.g. ``training-state``."""
+        return [s.name for s in self._sections.values() if s.role == "document" and s.name]
+
+    def document(self, name: str) -> Any:
+        """A JSON document, its digest checked; tensors it mentions are
+        ``{"__tensor__": "<section>/<name>"}``, read with :meth:`tensors`."""
+        rel = S.document_path(name)
+        if rel not in self._sections:
+            raise UsageError(self.path, f"no document {name!r}",
+                             f"documents: {', '.join(self.documents()) or 'none'}")
+        return self._checked_json(rel)
+
     # --- tensors -------------------------------------------------------------------------------
     def tensors(self, section: str = "weights") -> "TensorMapping":
         """A lazy, read-only mapping of name to tensor for a tensor section."""
@@ -288,12 +301,10 @@ class Checkpoint:
     # --- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
         self._tensor_cache = {}
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # tensors still view the map; it closes when the last one is freed
-        except AttributeError:
-            pass
+        # Never mm.close(): torch.frombuffer keeps a reference to the map but no buffer export,
+        # so closing would unmap memory that live tensors still point at (a segfault on their
+        # next use). Dropping our reference unmaps it as soon as the last tensor is freed.
+        self._mm = None
         self._fh.close()
 
     def __enter__(self) -> "Checkpoint":

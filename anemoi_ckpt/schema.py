@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT_NAME = "anemoi-ckpt"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 SCHEMA_VERSION = "1.0"
 
 Kind = Literal["training", "inference", "adapter", "delta"]

@@ -37,6 +37,8 @@ register(Role("buffers", SAFETENSORS, "Non-persistent module buffers (named as n
 register(Role("metadata", JSON, "Typed metadata (docs/schemas/metadata.schema.json). Always present."))
 register(Role("lineage", JSON, "This file's lineage record and its ancestors'. Always present."))
 register(Role("anemoi-metadata", JSON, "anemoi's metadata dict, verbatim, as anemoi-utils writes it."))
+register(Role("document", JSON, "A named JSON document (training-state, hyper-parameters); tensors "
+                                "it refers to are {\"__tensor__\": \"<section>/<name>\"}. Since 1.1."))
 register(Role("supporting-array", NUMPY_RAW, "A raw numpy array listed in supporting_arrays_paths."))
 
 #: Tensor sections with a dedicated role; any other tensor section gets role "tensors".
@@ -52,6 +54,10 @@ ANEMOI_JSON = "anemoi.json"
 
 def tensor_section_path(name: str) -> str:
     return f"{name}.safetensors"
+
+
+def document_path(name: str) -> str:
+    return f"documents/{name}.json"
 
 
 def tensor_role(name: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from . import dtypes, stformat
-from .errors import FormatError, IntegrityError, VersionError
+from .errors import UsageError, FormatError, IntegrityError, VersionError
 from .schema import Section
 from .zipread import Member
 
@@ -64,6 +64,9 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
                                    section=self.section.path)
             from .tensorio import view_tensor  # torch is loaded on the first tensor, not at import
 
+            if self._ck._mm is None:
+                raise UsageError(self._ck.path, "the checkpoint is closed", "read tensors inside "
+                                 "'with anemoi_ckpt.open(...)', or keep the tensors you need")
             t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
             self._cache[target] = t
         return t

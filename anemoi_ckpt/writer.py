@@ -178,6 +178,21 @@ class Writer:
             self._member(member[len(prefix):], memoryview(arr).cast("B"), "supporting-array",
                          S.NUMPY_RAW, required=False)
 
+    def add_document(self, name: str, obj: Any) -> None:
+        """A named JSON document beside the tensors (``training-state``, ``hyper-parameters``):
+        strict JSON, digest-checked like every member, read back with ``Checkpoint.document``."""
+        if not S.valid_section_name(name):
+            raise ValueError(f"invalid document name {name!r} (letters, digits, '-' and '_')")
+        rel = S.document_path(name)
+        if any(sec.path == rel for sec in self._sections):
+            raise ValueError(f"duplicate document {name!r}")
+        data = _json_bytes(obj)
+        self._close_section()  # members are written one after the other
+        self._zw.write_member(f"{self._root}/{rel}", data)
+        self._sections.append(Section(path=rel, role="document", name=name, required=False,
+                                      size=len(data), digest=hashing.tagged(hashing.sha256_hex(data)),
+                                      media_type=S.JSON))
+
     # --- commit --------------------------------------------------------------------------------
     def close(self) -> str:
         """Finish and atomically commit the file; returns its path."""

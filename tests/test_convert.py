@@ -110,8 +110,8 @@ def test_unsupported_inputs(tmp_path: Path) -> None:
     (tmp_path / "junk.bin").write_bytes(os.urandom(64))
     with pytest.raises(anemoi_ckpt.FormatError, match="unrecognised checkpoint format"):
         convert(tmp_path / "junk.bin", tmp_path / "o.anc")
-    torch.save({"pytorch-lightning_version": "2.5", "state_dict": {}}, tmp_path / "last.ckpt")
-    with pytest.raises(anemoi_ckpt.FormatError, match="Lightning training checkpoints are not converted yet"):
+    torch.save({"pytorch-lightning_version": "2.5", "epoch": 0}, tmp_path / "last.ckpt")
+    with pytest.raises(anemoi_ckpt.FormatError, match="the Lightning checkpoint has no state_dict"):
         convert(tmp_path / "last.ckpt", tmp_path / "o.anc")
     with pytest.raises(anemoi_ckpt.UsageError, match="unknown source format 'gguf'"):
         convert(tmp_path / "last.ckpt", tmp_path / "o.anc", source_format="gguf")

@@ -184,7 +184,7 @@ def build_cases(good: Path, root: Path) -> dict[str, tuple[Path, Expect]]:
         flipped(good, root / "flip-graph.anc", _tensor_offset(good, "graph", "data.x")),
         Expect(None, None, damaged=("graph.safetensors",)))
     add("flipped byte in weights tensor data",
-        flipped(good, root / "flip-weights.anc", _tensor_offset(good, "weights", "model.encoder.trainable_tensor") + 5),
+        flipped(good, root / "flip-weights.anc", _tensor_offset(good, "weights", "model.node_attributes.trainable_tensors.data.trainable") + 5),
         Expect(None, None, damaged=("weights.safetensors",)))
     if hasattr(os, "mkfifo"):
         os.mkfifo(root / "pipe.anc")
@@ -295,13 +295,13 @@ def test_verify_names_the_damaged_tensor(cases: dict[str, tuple[Path, Expect]],
     out = invoke("verify", str(path))
     assert out.stderr.splitlines() == [
         f"{PREFIX}{path}: section weights.safetensors: 1 tensor(s) do not match their digest "
-        "(model.encoder.trainable_tensor)",
+        "(model.node_attributes.trainable_tensors.data.trainable)",
         f"{PREFIX}{path}: content id does not match the weights",
     ]
-    assert "tensor model.encoder.trainable_tensor" in out.stdout
+    assert "tensor model.node_attributes.trainable_tensors.data.trainable" in out.stdout
     report = json.loads(invoke("verify", str(path), "--json").stdout)
     assert [(s["path"], s["damaged_tensors"]) for s in report["sections"] if not s["ok"]] == \
-        [("weights.safetensors", ["model.encoder.trainable_tensor"])]
+        [("weights.safetensors", ["model.node_attributes.trainable_tensors.data.trainable"])]
 
 
 @pytest.mark.parametrize("command", ["inspect", "verify"])

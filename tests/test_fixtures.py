@@ -50,6 +50,7 @@ def test_golden_file(version: str, name: str, info: dict) -> None:
                 assert str(t.dtype) == meta["dtype"] and list(t.shape) == meta["shape"], tname
                 assert digest(t) == meta["sha256"], tname
         assert [r.uuid for r in ck.lineage.records] == info["lineage"]
+        assert {n: ck.document(n) for n in ck.documents()} == info.get("documents", {})
         if "supporting_arrays" in info:
             assert ck.anemoi_metadata["version"] == info["anemoi_metadata_version"]
             flat = flat_arrays(ck.supporting_arrays)

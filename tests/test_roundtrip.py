@@ -116,13 +116,13 @@ def test_shared_normalizer_buffers_stored_once(tmp_path: Path, demo_sd) -> None:
     anemoi_ckpt.save(path, demo_sd)
     with anemoi_ckpt.open(path) as ck:
         aliases = ck.tensors().aliases
-        assert aliases == {"post_processors.processors.normalizer._norm_mul":
-                           "pre_processors.processors.normalizer._norm_mul",
-                           "post_processors.processors.normalizer._norm_add":
-                           "pre_processors.processors.normalizer._norm_add"}
+        assert aliases == {"post_processors.data.processors.normalizer._norm_mul":
+                           "pre_processors.data.processors.normalizer._norm_mul",
+                           "post_processors.data.processors.normalizer._norm_add":
+                           "pre_processors.data.processors.normalizer._norm_add"}
         sd = ck.state_dict()
-        assert sd["post_processors.processors.normalizer._norm_add"] is \
-            sd["pre_processors.processors.normalizer._norm_add"]
+        assert sd["post_processors.data.processors.normalizer._norm_add"] is \
+            sd["pre_processors.data.processors.normalizer._norm_add"]
 
 
 def test_loaded_tensors_are_zero_copy_and_private(tmp_path: Path) -> None:

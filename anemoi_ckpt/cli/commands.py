@@ -127,9 +127,16 @@ def scan(file: str, as_json: bool) -> None:
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Convert several sources into this folder.")
 @click.option("--from", "source_format", help="Force the source format (default: detected).")
 @click.option("--dry-run", is_flag=True, help="Read and report; write nothing.")
+@click.option("--keep-layout", is_flag=True,
+              help="Write the source's tensor names and metadata unchanged (no translation steps).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]),
+              help="Cast floating-point weights (not optimizer state) to this dtype.")
+@click.option("--optimizer-positional", is_flag=True,
+              help="Lightning files: keep optimizer state under index-based names when it cannot "
+                   "be matched to parameter names.")
 @json_option
 def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | None, dry_run: bool,
-            as_json: bool) -> None:
+            keep_layout: bool, dtype: str | None, optimizer_positional: bool, as_json: bool) -> None:
     """Convert SRC into DST (.anc) without running its pickle: `convert SRC DST` or
     `convert SRC... --out-dir DIR`. Every tensor is read back and compared bit for bit."""
     from ..convert import convert as convert_one
@@ -143,13 +150,15 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
         jobs = [(p, os.path.join(out_dir, Path(p).stem + ".anc")) for p in paths]
     reports = []
     for src, dst in jobs:
-        r = convert_one(src, dst, source_format=source_format, dry_run=dry_run)
+        r = convert_one(src, dst, source_format=source_format, dry_run=dry_run,
+                        keep_layout=keep_layout, dtype=dtype, optimizer_positional=optimizer_positional)
         reports.append(r.to_dict())
         if not as_json:
             counts = ", ".join(f"{n} {s}" for s, n in r.tensors.items()) or "no tensors"
             target = "(dry run)" if dry_run else f"-> {dst}"
             click.echo(f"{src} [{r.format}] {target}: {counts}, {r.bytes:,} bytes"
                        + ("" if dry_run else f"; {r.verified} tensors verified bit for bit, "
-                          f"content id {r.content_id}"))
+                          f"content id {r.content_id}")
+                       + (f"; layout steps: {', '.join(r.steps)}" if r.steps else ""))
     if as_json:
         emit_json(reports if out_dir is not None else reports[0])

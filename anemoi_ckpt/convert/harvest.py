@@ -14,6 +14,9 @@ from ..errors import FormatError
 from ..legacy.standins import StandIn, TensorRef
 
 
+MAX_MODULES = 1_000_000
+
+
 def _module_state(obj: StandIn) -> dict[str, Any] | None:
     state = obj.state
     if isinstance(state, dict) and "_parameters" in state and "_modules" in state:
@@ -25,14 +28,19 @@ def module_tensors(root: StandIn, path: str) -> tuple[dict[str, TensorRef], dict
     """(state_dict-style tensors, non-persistent buffers) of a pickled ``nn.Module`` tree."""
     weights: dict[str, TensorRef] = {}
     buffers: dict[str, TensorRef] = {}
-    stack: list[tuple[str, StandIn]] = [("", root)]
-    seen: set[int] = set()
+    # A module reachable under two names (anemoi's layer_norm_attention_dest is
+    # layer_norm_attention) is listed under both, as state_dict() does; only a module that
+    # contains itself is cut. ``visits`` bounds what a hostile pickle of shared subtrees costs.
+    stack: list[tuple[str, StandIn, frozenset[int]]] = [("", root, frozenset())]
+    visits = 0
     while stack:
-        prefix, mod = stack.pop()
+        prefix, mod, ancestors = stack.pop()
         state = _module_state(mod)
-        if state is None or id(mod) in seen:
+        if state is None or id(mod) in ancestors:
             continue
-        seen.add(id(mod))
+        visits += 1
+        if visits > MAX_MODULES:
+            raise FormatError(path, f"the pickled module tree has over {MAX_MODULES} submodules")
         for name, ref in (state.get("_parameters") or {}).items():
             if isinstance(ref, TensorRef):
                 weights[prefix + name] = ref
@@ -40,7 +48,8 @@ def module_tensors(root: StandIn, path: str) -> tuple[dict[str, TensorRef], dict
         for name, ref in (state.get("_buffers") or {}).items():
             if isinstance(ref, TensorRef):
                 (buffers if name in non_persistent else weights)[prefix + name] = ref
-        children = [(f"{prefix}{n}.", m) for n, m in (state.get("_modules") or {}).items()
+        inner = ancestors | {id(mod)}
+        children = [(f"{prefix}{n}.", m, inner) for n, m in (state.get("_modules") or {}).items()
                     if isinstance(m, StandIn)]
         stack.extend(reversed(children))
     if not weights and not buffers:

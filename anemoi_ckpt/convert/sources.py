@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..dtypes import ITEMSIZE, TORCH_NAME_TO_CODE as DTYPE_CODES, nbytes
 from ..errors import FormatError, UsageError
-from ..legacy.standins import StandIn
+from ..legacy.standins import StandIn, TensorRef
 from ..legacy.torchzip import TorchZipCheckpoint, _is_legacy_torch
 from .harvest import flat_state_dict, module_tensors
+from .lightning import fallback_metadata, is_lightning, read_lightning
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Source:
     supporting_arrays: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
     close: Callable[[], None] = lambda: None
+    #: JSON documents written beside the tensors (Lightning: hyper-parameters, training-state)
+    documents: dict[str, Any] = field(default_factory=dict)
     #: extra keys for the output's metadata.json (e.g. a PEFT adapter's config), validated as Metadata
     extra_metadata: dict[str, Any] | None = None
 
@@ -64,37 +69,57 @@ def _anemoi_metadata(ck: TorchZipCheckpoint) -> tuple[dict[str, Any] | None, dic
     return md, nest(flat)
 
 
-def _open_torch(path: str) -> Source:
+def _open_torch(path: str, options: Mapping[str, Any] | None = None) -> Source:
+    options = options or {}
     ck = TorchZipCheckpoint(path)
-    obj = ck.obj
-    md, arrays = _anemoi_metadata(ck)
-    if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
-        ck.close()
-        raise FormatError(path, "Lightning training checkpoints are not converted yet",
-                         "convert its inference twin, or export model.state_dict() with torch.save")
-    if isinstance(obj, StandIn):
-        weights, buffers = module_tensors(obj, path)
-        fmt, kind = "torch-module", "inference"
-        groups = {"weights": weights, **({"buffers": buffers} if buffers else {})}
-        details = {"module_class": obj.dotted, "non_persistent_buffers": len(buffers)}
-        fmt, kind = "torch-module", "inference"
-    elif isinstance(obj, dict):
-        groups = {"weights": flat_state_dict(obj, path)}
-        fmt, kind = "torch-state-dict", "inference"
-        details = {}
-    else:
-        ck.close()
-        raise FormatError(path, f"the pickle holds a {type(obj).__name__}, not a state dict or a model")
-    sections = {sec: (lambda refs=refs: ((n, ck.tensor(r)) for n, r in refs.items()))
-                for sec, refs in groups.items()}
     try:
-        specs = {sec: [(n, _code(r.storage.dtype_name, n, path), r.size,
-                        nbytes(_code(r.storage.dtype_name, n, path), r.size)) for n, r in refs.items()]
-                 for sec, refs in groups.items()}
-    except FormatError:
+        obj = ck.obj
+        md, arrays = _anemoi_metadata(ck)
+        documents: dict[str, Any] = {}
+        if is_lightning(obj):
+            groups, documents, details = read_lightning(
+                obj, path, positional=bool(options.get("optimizer_positional")))
+            if md is None:
+                md, arrays = fallback_metadata(obj, path)
+            fmt, kind = "lightning", "training"
+        elif isinstance(obj, StandIn):
+            weights, buffers = module_tensors(obj, path)
+            groups = {"weights": weights, **({"buffers": buffers} if buffers else {})}
+            details = {"module_class": obj.dotted, "non_persistent_buffers": len(buffers)}
+            fmt, kind = "torch-module", "inference"
+        elif isinstance(obj, dict):
+            groups = {"weights": flat_state_dict(obj, path)}
+            fmt, kind = "torch-state-dict", "inference"
+            details = {}
+        else:
+            raise FormatError(path, f"the pickle holds a {type(obj).__name__}, not a state dict or a model")
+        specs = {sec: [_spec(n, v, path) for n, v in refs.items()] for sec, refs in groups.items()}
+    except BaseException:
         ck.close()
         raise
-    return Source(path, fmt, kind, sections, specs, md, arrays, details, ck.close)
+
+    def materialise(value: Any) -> Any:
+        if isinstance(value, TensorRef):
+            return ck.tensor(value)
+        import torch
+        return torch.from_numpy(np.array(value, copy=True))  # small arrays (statistics)
+
+    sections = {sec: (lambda refs=refs: ((n, materialise(v)) for n, v in refs.items()))
+                for sec, refs in groups.items()}
+    return Source(path, fmt, kind, sections, specs, md, arrays, details, ck.close, documents=documents)
+
+
+def _spec(name: str, value: Any, path: str) -> tuple[str, str, tuple[int, ...], int]:
+    if isinstance(value, TensorRef):
+        code = _code(value.storage.dtype_name, name, path)
+        return name, code, tuple(value.size), nbytes(code, value.size)
+    code = _code(_NUMPY_TO_TORCH.get(str(value.dtype), str(value.dtype)), name, path)
+    return name, code, tuple(value.shape), nbytes(code, value.shape)
+
+
+_NUMPY_TO_TORCH = {"bool": "bool", "float64": "float64", "float32": "float32", "float16": "float16",
+                   "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8",
+                   "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64"}
 
 
 def _code(dtype_name: str, tensor: str, path: str) -> str:
@@ -169,7 +194,16 @@ SOURCES: dict[str, tuple[Callable[[str], bool], Callable[[str], Source]]] = {
 }
 
 
-def detect(path: str | os.PathLike, forced: str | None = None) -> Source:
+def _call(opener: Callable[..., Source], path: str, options: Mapping[str, Any] | None) -> Source:
+    """Openers that take reading options (``optimizer_positional``) get them."""
+    return opener(path, options) if getattr(opener, "accepts_options", False) else opener(path)
+
+
+_open_torch.accepts_options = True  # type: ignore[attr-defined]
+
+
+def detect(path: str | os.PathLike, forced: str | None = None,
+           options: Mapping[str, Any] | None = None) -> Source:
     path = os.fspath(path)
     is_dir = os.path.isdir(path)
     if not is_dir and not os.path.isfile(path):
@@ -177,15 +211,15 @@ def detect(path: str | os.PathLike, forced: str | None = None) -> Source:
     if forced is not None:
         if forced not in SOURCES:
             raise UsageError(path, f"unknown source format {forced!r}", f"one of {', '.join(SOURCES)}")
-        return SOURCES[forced][1](path)
+        return _call(SOURCES[forced][1], path, options)
     for detector, opener in SOURCES.values():
         if detector(path):
-            return opener(path)
+            return _call(opener, path, options)
     if is_dir:
         raise FormatError(path, "a folder that is neither sharded safetensors nor a PEFT adapter",
                           "looked for model.safetensors.index.json or another *.safetensors.index.json, "
                           "and for adapter_config.json")
     if _is_legacy_torch_file(path):  # the torch reader refuses it with its own clear message
-        return _open_torch(path)
+        return _open_torch(path, options)
     raise FormatError(path, "unrecognised checkpoint format",
                       f"supported: {', '.join(SOURCES)}; force one with --from")

@@ -98,10 +98,8 @@ class TorchZipCheckpoint:
         return storage.as_strided(ref.size, ref.stride, ref.offset)
 
     def close(self) -> None:
-        try:
-            self._mm.close()
-        except (BufferError, AttributeError):
-            pass
+        # Dropped, not closed: tensors viewing the map keep it alive (see Checkpoint.close).
+        self._mm = None
         self._fh.close()
 
     def __enter__(self) -> "TorchZipCheckpoint":
