@@ -61,7 +61,7 @@ class Writer:
                  parents: Iterable[Any] = (), operation: str | None = None,
                  parameters: Mapping[str, Any] | None = None,
                  header_reserve: int = 64 << 10, progress: Progress | None = None,
-                 durable: bool = True) -> None:
+                 durable: bool = True, keep_anemoi_uuid: bool = False) -> None:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
         self.path = os.fspath(path)
@@ -72,6 +72,7 @@ class Writer:
         self._operation = operation or "create"
         self._parameters = dict(parameters or {})
         self._reserve = header_reserve
+        self._keep_anemoi_uuid = keep_anemoi_uuid
         self._progress = progress
         self._root = _root_name(self.path)
         self._stack = ExitStack()
@@ -168,7 +169,10 @@ class Writer:
                                       media_type=media_type))
 
     def _write_anemoi(self, md: dict[str, Any], arrays: Mapping[str, Any] | None) -> None:
-        md["uuid"] = self.uuid  # a new file is a new checkpoint, as anemoi-training does per save
+        # A new file is a new checkpoint, as anemoi-training does per save; a conversion keeps
+        # anemoi's uuid (same model, same registry entry) and records it as the source parent.
+        if not (self._keep_anemoi_uuid and isinstance(md.get("uuid"), str)):
+            md["uuid"] = self.uuid
         md["supporting_arrays_paths"] = arrays_paths(self._root, S.ANEMOI_FOLDER, arrays)
         # anemoi writes NaN/Infinity as Python's json does; keep the dict verbatim.
         self._member(f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}", _json_bytes(md, allow_nan=True),

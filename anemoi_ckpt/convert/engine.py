@@ -137,7 +137,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
                        anemoi_metadata=anemoi_md,
                        supporting_arrays=_arrays_for(anemoi_md, source.supporting_arrays),
                        parents=parents,
-                       operation="convert", parameters=params, durable=durable, progress=bar) as w:
+                       operation="convert", parameters=params, durable=durable, progress=bar,
+                       keep_anemoi_uuid=True) as w:
             _write(source, plan, w, report)
             for name, doc in source.documents.items():
                 w.add_document(name, rename_in_document(doc, weights_renames))
