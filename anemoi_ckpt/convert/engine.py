@@ -126,7 +126,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         if anemoi_md and isinstance(anemoi_md.get("uuid"), str):
             parents.append({"uuid": anemoi_md["uuid"], "role": "source"})
         params = {"source": os.path.basename(source.path), "source_sha256": report.source_sha256,
-                  "source_format": source.format, "source_versions": _versions(source, anemoi_md),
+                  "source_format": source.format, "source_versions": _versions(source, source.anemoi_metadata),
                   "tool_version": __version__, "steps": applied, "keep_layout": keep_layout,
                   **({"dtype": dtype} if dtype else {})}
         weights_renames = {old: new for old, (sec, new) in (renames.get("weights") or {}).items()

@@ -65,7 +65,8 @@ def _anemoi_metadata(ck: TorchZipCheckpoint) -> tuple[dict[str, Any] | None, dic
                               "unsupported dtype", section=rel)
         raw = ck._mm[member.data_offset:member.data_offset + member.size]
         flat[trail] = np.frombuffer(raw, dtype=dtype).reshape(entry["shape"])
-    md.pop("supporting_arrays_paths", None)
+    # supporting_arrays_paths stays: translation steps move it (1.0 -> 2.0 nests it under the
+    # dataset), and the writer rewrites its paths for the new file.
     return md, nest(flat)
 
 
