@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import __version__
+from .errors import FormatError
 from .schema import Kind, Lineage, LineageRecord, ParentRef, Tool
 
 
@@ -41,11 +42,25 @@ def resolve_parents(parents: Iterable[Any]) -> tuple[list[ParentRef], list[Linea
     Writers call this before writing anything, so a bad parent fails fast."""
     refs: list[ParentRef] = []
     ancestors: dict[str, LineageRecord] = {}
+    origin: dict[str, str] = {}  # uuid -> the parent that first carried its record
     for p in parents:
         ref, records = _resolve(p)
         refs.append(ref)
+        here = os.fspath(p) if isinstance(p, (str, os.PathLike)) else getattr(p, "path", f"parent {ref.uuid}")
         for rec in records:
-            ancestors.setdefault(rec.uuid, rec)
+            first = ancestors.setdefault(rec.uuid, rec)
+            origin.setdefault(rec.uuid, here)
+            # Two histories disagreeing on one uuid: a copy would make a block no reader accepts.
+            if first.content_id != rec.content_id:
+                raise FormatError(here, f"ancestor {rec.uuid} has content id {rec.content_id} here "
+                                  f"but {first.content_id} in {origin[rec.uuid]}",
+                                  "the parents' lineages disagree; one file was altered")
+    for ref in refs:  # a parent given by reference must agree with a carried record of it
+        rec = ancestors.get(ref.uuid)
+        if rec is not None and ref.content_id is not None and ref.content_id != rec.content_id:
+            raise FormatError(origin[ref.uuid], f"ancestor {ref.uuid} has content id {rec.content_id} "
+                              f"here but a parent reference gives {ref.content_id}",
+                              "the parents' lineages disagree")
     return refs, list(ancestors.values())
 
 
