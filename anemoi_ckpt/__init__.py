@@ -17,6 +17,9 @@ from .errors import AncError, FormatError, IntegrityError, UsageError, VersionEr
 from .reader import Checkpoint, TensorMapping, UnknownSectionWarning, open_checkpoint  # noqa: E402
 from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, LineageRecord, Manifest, Metadata  # noqa: E402
 from .verify import VerifyReport  # noqa: E402
+# Eager (no torch at import: tensors are only touched for digests that differ). A lazy
+# __getattr__ would not do: importing the submodule binds the name ``diff`` to the module.
+from .diff import DiffReport, diff  # noqa: E402
 
 
 def __getattr__(name: str):  # noqa: ANN202
@@ -32,8 +35,8 @@ def __getattr__(name: str):  # noqa: ANN202
 open = open_checkpoint  # noqa: A001 - ``anemoi_ckpt.open(path)`` is the documented entry point
 
 __all__ = [
-    "AncError", "Checkpoint", "FORMAT_VERSION", "FormatError", "IntegrityError", "Lineage",
+    "AncError", "Checkpoint", "DiffReport", "FORMAT_VERSION", "FormatError", "IntegrityError", "Lineage",
     "LineageRecord", "Manifest", "Metadata", "SCHEMA_VERSION", "TensorMapping",
     "UnknownSectionWarning", "UsageError", "VerifyReport", "VersionError", "Writer", "__version__",
-    "open", "open_checkpoint", "save",
+    "diff", "open", "open_checkpoint", "save",
 ]
