@@ -122,6 +122,20 @@ def scan(file: str, as_json: bool) -> None:
                + (f", {len(report.dangerous)} dangerous: {', '.join(report.dangerous)}" if report.dangerous else ""))
 
 
+def _out_name(src: str, to: str | None) -> str:
+    """``--out-dir`` names: the source's stem (an index file's model name), and anemoi's
+    ``inference-`` prefix for inference files made from training ones."""
+    stem = Path(src.rstrip("/")).name
+    for suffix in (".safetensors.index.json", ".index.json", ".anc", ".ckpt", ".pt", ".pth", ".bin",
+                   ".safetensors"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if to == "inference" and not stem.startswith("inference-"):
+        stem = f"inference-{stem}"
+    return f"{stem}.anc"
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Convert several sources into this folder.")
@@ -134,9 +148,20 @@ def scan(file: str, as_json: bool) -> None:
 @click.option("--optimizer-positional", is_flag=True,
               help="Lightning files: keep optimizer state under index-based names when it cannot "
                    "be matched to parameter names.")
+@click.option("--to", "to", type=click.Choice(["inference", "training"]),
+              help="inference: keep only weights, graph, buffers, anemoi metadata and arrays "
+                   "(drop optimizer, scheduler, loop and callback state).")
+@click.option("--weights", "weights", type=click.Choice(["auto", "raw", "ema"]), default="auto",
+              show_default=True, help="Which weights become the model's: the live ones (raw) or the "
+                                      "weight-averaged copy (ema); auto: ema when present, for --to inference.")
+@click.option("--keep-fp32", "keep_dtype", multiple=True, metavar="PATTERN",
+              help="With --dtype: tensors matching this glob keep their dtype (e.g. '*layer_norm*'). Repeatable.")
+@click.option("--cast", "cast_only", multiple=True, metavar="PATTERN",
+              help="With --dtype: cast only tensors matching this glob. Repeatable.")
 @json_option
 def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | None, dry_run: bool,
-            keep_layout: bool, dtype: str | None, optimizer_positional: bool, as_json: bool) -> None:
+            keep_layout: bool, dtype: str | None, optimizer_positional: bool, to: str | None,
+            weights: str, keep_dtype: tuple[str, ...], cast_only: tuple[str, ...], as_json: bool) -> None:
     """Convert SRC into DST (.anc) without running its pickle: `convert SRC DST` or
     `convert SRC... --out-dir DIR`. Every tensor is read back and compared bit for bit."""
     from ..convert import convert as convert_one
@@ -147,21 +172,76 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
         jobs = [(paths[0], paths[1])]
     else:
         os.makedirs(out_dir, exist_ok=True)
-        jobs = [(p, os.path.join(out_dir, Path(p).stem + ".anc")) for p in paths]
+        jobs = [(p, os.path.join(out_dir, _out_name(p, to))) for p in paths]
     reports = []
     for src, dst in jobs:
         r = convert_one(src, dst, source_format=source_format, dry_run=dry_run,
-                        keep_layout=keep_layout, dtype=dtype, optimizer_positional=optimizer_positional)
+                        keep_layout=keep_layout, dtype=dtype, optimizer_positional=optimizer_positional,
+                        to=to, weights=weights, keep_dtype=keep_dtype, cast_only=cast_only)
         reports.append(r.to_dict())
         if not as_json:
             counts = ", ".join(f"{n} {s}" for s, n in r.tensors.items()) or "no tensors"
-            target = "(dry run)" if dry_run else f"-> {dst}"
+            target = "(dry run)" if dry_run else f"-> {dst} [{r.kind}]"
+            how = "by digest" if r.verified_by == "digest" else "bit for bit"
             click.echo(f"{src} [{r.format}] {target}: {counts}, {r.bytes:,} bytes"
-                       + ("" if dry_run else f"; {r.verified} tensors verified bit for bit, "
+                       + ("" if dry_run else f"; {r.verified} tensors verified {how}, "
                           f"content id {r.content_id}")
-                       + (f"; layout steps: {', '.join(r.steps)}" if r.steps else ""))
+                       + (f"; layout steps: {', '.join(r.steps)}" if r.steps else "")
+                       + (f"; weights: {r.weights}" if r.weights else ""))
     if as_json:
         emit_json(reports if out_dir is not None else reports[0])
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["tree", "json", "dot", "mermaid"]), default="tree",
+              show_default=True, help="How to draw the lineage.")
+@click.option("--verify", "check", is_flag=True,
+              help="Find each ancestor under the --search folders and check it is the recorded one.")
+@click.option("--search", "search_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder searched (recursively) for ancestors; repeatable.")
+@click.option("--strict", is_flag=True, help="With --verify, missing ancestors are errors too (exit 1).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr while hashing.")
+@json_option
+def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], strict: bool,
+            progress: bool | None, as_json: bool) -> None:
+    """Show where FILE came from: its lineage record and its ancestors'.
+
+    Reads only FILE's manifest and lineage.json, never its tensors. With --verify, exit 1 when an
+    ancestor found differs from its record (or, with --strict, is missing)."""
+    from ..lineage_verify import report_lines, verify_lineage
+    from ..lineage_view import RENDERERS, check_lineage
+
+    if check and not search_dirs:
+        raise click.UsageError("--verify needs at least one --search DIR")
+    if strict and not check:
+        raise click.UsageError("--strict only applies with --verify")
+    with open_checkpoint(file) as ck:
+        block, own = ck.lineage, ck.uuid
+    check_lineage(block, file, own)
+    statuses = verify_lineage(block, search_dirs, progress) if check else None
+    if as_json:
+        doc = {"file": file, "lineage": block.model_dump(mode="json")}
+        if statuses is not None:
+            doc["ancestors"] = [s.to_dict() for s in statuses]
+        emit_json(doc)
+    else:
+        click.echo(RENDERERS[fmt](block))
+        if statuses is not None:
+            # The tree is for people: the report follows it. Other formats feed tools: stdout
+            # keeps only the drawing and the report goes to stderr.
+            to_err = fmt != "tree"
+            if not to_err:
+                click.echo("")
+            for line in report_lines(file, statuses):
+                click.echo(line, err=to_err)
+    if statuses is not None:
+        bad = [s for s in statuses if s.status == "different" or (strict and s.status == "missing")]
+        if bad:
+            names = ", ".join(s.name() for s in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            what = "differ from their record" + (" or are missing" if strict else "")
+            click.echo(one_line(f"anemoi-ckpt: error: {file}: {len(bad)} ancestor(s) {what}: {names}"), err=True)
+            raise SystemExit(1)
 
 
 # --- diff ----------------------------------------------------------------------------------------
