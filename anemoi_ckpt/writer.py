@@ -61,7 +61,8 @@ class Writer:
                  parents: Iterable[Any] = (), operation: str | None = None,
                  parameters: Mapping[str, Any] | None = None,
                  header_reserve: int = 64 << 10, progress: Progress | None = None,
-                 durable: bool = True, keep_anemoi_uuid: bool = False) -> None:
+                 durable: bool = True, keep_anemoi_uuid: bool = False,
+                 lineage_info: Mapping[str, Any] | None = None) -> None:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
         self.path = os.fspath(path)
@@ -73,6 +74,8 @@ class Writer:
         self._parameters = dict(parameters or {})
         self._reserve = header_reserve
         self._keep_anemoi_uuid = keep_anemoi_uuid
+        # code_versions, dataset, run_id, config_digest of the lineage record, where known
+        self._lineage_info = dict(lineage_info or {})
         self._progress = progress
         self._root = _root_name(self.path)
         self._stack = ExitStack()
@@ -212,7 +215,7 @@ class Writer:
             created = utc_now()
             lineage = build_lineage(uuid=self.uuid, kind=self.kind, content_id=self.content_id,
                                     operation=self._operation, parameters=self._parameters,
-                                    parents=self._parents, created=created)
+                                    parents=self._parents, created=created, **self._lineage_info)
             self._member(S.METADATA_PATH, _json_bytes(self.metadata.model_dump(mode="json")),
                          "metadata", S.JSON)
             self._member(S.LINEAGE_PATH, _json_bytes(lineage.model_dump(mode="json")), "lineage", S.JSON)

@@ -88,7 +88,9 @@ def test_anemoi_metadata_and_arrays_carried_over(tmp_path: Path) -> None:
     assert got_md["config"] == md["config"] and got_md["version"] == "2.0"
     assert arrays_equal(got_arrays, arrays)
     with anemoi_ckpt.open(tmp_path / "out.anc") as ck:
-        assert got_md["uuid"] == ck.uuid  # a new file; the source is its parent in lineage
+        # anemoi's uuid is kept (same model, same registry entry); the file's own uuid is new,
+        # and the source is its parent in lineage
+        assert got_md["uuid"] == "source-uuid" != ck.uuid
         assert [(p.uuid, p.role) for p in ck.lineage.records[0].parents] == [("source-uuid", "source")]
 
 

@@ -122,6 +122,20 @@ def scan(file: str, as_json: bool) -> None:
                + (f", {len(report.dangerous)} dangerous: {', '.join(report.dangerous)}" if report.dangerous else ""))
 
 
+def _out_name(src: str, to: str | None) -> str:
+    """``--out-dir`` names: the source's stem (an index file's model name), and anemoi's
+    ``inference-`` prefix for inference files made from training ones."""
+    stem = Path(src.rstrip("/")).name
+    for suffix in (".safetensors.index.json", ".index.json", ".anc", ".ckpt", ".pt", ".pth", ".bin",
+                   ".safetensors"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if to == "inference" and not stem.startswith("inference-"):
+        stem = f"inference-{stem}"
+    return f"{stem}.anc"
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Convert several sources into this folder.")
@@ -134,9 +148,20 @@ def scan(file: str, as_json: bool) -> None:
 @click.option("--optimizer-positional", is_flag=True,
               help="Lightning files: keep optimizer state under index-based names when it cannot "
                    "be matched to parameter names.")
+@click.option("--to", "to", type=click.Choice(["inference", "training"]),
+              help="inference: keep only weights, graph, buffers, anemoi metadata and arrays "
+                   "(drop optimizer, scheduler, loop and callback state).")
+@click.option("--weights", "weights", type=click.Choice(["auto", "raw", "ema"]), default="auto",
+              show_default=True, help="Which weights become the model's: the live ones (raw) or the "
+                                      "weight-averaged copy (ema); auto: ema when present, for --to inference.")
+@click.option("--keep-fp32", "keep_dtype", multiple=True, metavar="PATTERN",
+              help="With --dtype: tensors matching this glob keep their dtype (e.g. '*layer_norm*'). Repeatable.")
+@click.option("--cast", "cast_only", multiple=True, metavar="PATTERN",
+              help="With --dtype: cast only tensors matching this glob. Repeatable.")
 @json_option
 def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | None, dry_run: bool,
-            keep_layout: bool, dtype: str | None, optimizer_positional: bool, as_json: bool) -> None:
+            keep_layout: bool, dtype: str | None, optimizer_positional: bool, to: str | None,
+            weights: str, keep_dtype: tuple[str, ...], cast_only: tuple[str, ...], as_json: bool) -> None:
     """Convert SRC into DST (.anc) without running its pickle: `convert SRC DST` or
     `convert SRC... --out-dir DIR`. Every tensor is read back and compared bit for bit."""
     from ..convert import convert as convert_one
@@ -147,19 +172,22 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
         jobs = [(paths[0], paths[1])]
     else:
         os.makedirs(out_dir, exist_ok=True)
-        jobs = [(p, os.path.join(out_dir, Path(p).stem + ".anc")) for p in paths]
+        jobs = [(p, os.path.join(out_dir, _out_name(p, to))) for p in paths]
     reports = []
     for src, dst in jobs:
         r = convert_one(src, dst, source_format=source_format, dry_run=dry_run,
-                        keep_layout=keep_layout, dtype=dtype, optimizer_positional=optimizer_positional)
+                        keep_layout=keep_layout, dtype=dtype, optimizer_positional=optimizer_positional,
+                        to=to, weights=weights, keep_dtype=keep_dtype, cast_only=cast_only)
         reports.append(r.to_dict())
         if not as_json:
             counts = ", ".join(f"{n} {s}" for s, n in r.tensors.items()) or "no tensors"
-            target = "(dry run)" if dry_run else f"-> {dst}"
+            target = "(dry run)" if dry_run else f"-> {dst} [{r.kind}]"
+            how = "by digest" if r.verified_by == "digest" else "bit for bit"
             click.echo(f"{src} [{r.format}] {target}: {counts}, {r.bytes:,} bytes"
-                       + ("" if dry_run else f"; {r.verified} tensors verified bit for bit, "
+                       + ("" if dry_run else f"; {r.verified} tensors verified {how}, "
                           f"content id {r.content_id}")
-                       + (f"; layout steps: {', '.join(r.steps)}" if r.steps else ""))
+                       + (f"; layout steps: {', '.join(r.steps)}" if r.steps else "")
+                       + (f"; weights: {r.weights}" if r.weights else ""))
     if as_json:
         emit_json(reports if out_dir is not None else reports[0])
 
@@ -216,7 +244,6 @@ def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], stri
             raise SystemExit(1)
 
 
-# --- diff ----------------------------------------------------------------------------------------
 # --- diff ----------------------------------------------------------------------------------------
 def _num(x: float | int) -> str:
     return str(x) if isinstance(x, int) else "inf" if x == float("inf") else f"{x:.1e}"

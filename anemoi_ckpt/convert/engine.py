@@ -11,13 +11,16 @@ import hashlib
 import mmap
 import os
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from .. import __version__
-from ..errors import FormatError, IntegrityError, UsageError
+from ..errors import FormatError, UsageError
 from ..progress import Progress
-from ..reader import open_checkpoint
-from .plan import CAST_CODES, WritePlan, build_plan, rename_in_document
+from .anc_source import check_not_same
+from .lineage_info import lineage_info
+from .plan import CAST_CODES, PlanError, build_plan, rename_in_document, select_sections
+from .stream import verify_output, write_tensors
 from .sources import Source, detect
 
 
@@ -27,7 +30,7 @@ class ConvertReport:
     output: str | None
     format: str
     kind: str
-    source_sha256: str
+    source_sha256: str | None
     tensors: dict[str, int] = field(default_factory=dict)
     bytes: int = 0
     verified: int = 0
@@ -37,6 +40,10 @@ class ConvertReport:
     details: dict[str, Any] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
     documents: list[str] = field(default_factory=list)
+    #: which weights became ``weights``: "raw" (live) or "ema" (weight-averaged); None if moot
+    weights: str | None = None
+    #: how the output was proven: "re-read" (bytes compared) or "digest" (an .anc source's sha256)
+    verified_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,13 +59,6 @@ def file_sha256(path: str) -> str:
                     h.update(view[start:start + (64 << 20)])
                 view.release()
     return h.hexdigest()
-
-
-def _raw(t: Any) -> Any:
-    import torch
-
-    flat = t.detach().contiguous().reshape(-1)
-    return flat.view(torch.uint8) if flat.numel() and flat.dtype != torch.uint8 else flat
 
 
 def _translate(source: Source, keep_layout: bool) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
@@ -91,59 +91,83 @@ def _arrays_for(md: dict[str, Any] | None, arrays: dict[str, Any] | None) -> dic
 def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_format: str | None = None,
             dry_run: bool = False, durable: bool = True, progress: bool | None = None,
             keep_layout: bool = False, dtype: str | None = None,
-            optimizer_positional: bool = False) -> ConvertReport:
+            optimizer_positional: bool = False, to: str | None = None, weights: str = "auto",
+            keep_dtype: Iterable[str] = (), cast_only: Iterable[str] = ()) -> ConvertReport:
     """Convert ``src`` into an ``.anc`` at ``dst`` (nothing is written when ``dry_run``).
 
     By default the tensor names and anemoi metadata are brought to the newest anemoi layout by
     the translation steps (each applied step is recorded in the lineage); ``keep_layout`` writes
-    the source layout unchanged. ``dtype`` casts the floating-point weights (not optimizer state).
-    ``optimizer_positional`` keeps a Lightning optimizer's state under index-based names when it
-    cannot be matched to parameter names.
+    the source layout unchanged. ``to="inference"`` keeps only the model weights, graph,
+    buffers, anemoi metadata and supporting arrays; ``weights`` picks the live (``raw``) or the
+    weight-averaged (``ema``) copy, ``auto`` the averaged one when there is one. ``dtype`` casts
+    floating-point weights (never optimizer state), except names matching ``keep_dtype`` globs;
+    ``cast_only`` globs restrict the cast to matching tensors. ``optimizer_positional`` keeps a
+    Lightning optimizer's state under index-based names when it cannot be matched to names.
     """
     from ..writer import Writer
 
+    src_path = os.fspath(src)
     if dtype is not None and dtype not in CAST_CODES:
-        raise UsageError(os.fspath(src), f"unknown --dtype {dtype!r}", f"one of {', '.join(CAST_CODES)}")
+        raise UsageError(src_path, f"unknown --dtype {dtype!r}", f"one of {', '.join(CAST_CODES)}")
+    if to not in (None, "inference", "training"):
+        raise UsageError(src_path, f"unknown --to {to!r}", "inference or training")
+    if weights not in ("auto", "raw", "ema"):
+        raise UsageError(src_path, f"unknown --weights {weights!r}", "auto, raw or ema")
+    if not dry_run:
+        check_not_same(src_path, dst)
     source: Source = detect(src, source_format, {"optimizer_positional": optimizer_positional})
     try:
+        kind = "inference" if to == "inference" else source.kind
         report = ConvertReport(source=source.path, output=None if dry_run else os.fspath(dst),
-                               format=source.format, kind=source.kind,
-                               source_sha256=file_sha256(source.path),
+                               format=source.format, kind=kind,
+                               # an .anc vouches for itself (uuid, content id, digests)
+                               source_sha256=None if source.format == "anc" else file_sha256(source.path),
                                anemoi_metadata=source.anemoi_metadata is not None,
                                details=source.details)
         renames, anemoi_md, applied = _translate(source, keep_layout)
         try:
-            plan = build_plan(source.specs, renames, dtype)
+            sections, used = select_sections(list(source.specs), to, weights)
+            plan = build_plan(source.specs, renames, dtype, sections=sections,
+                              keep_dtype=keep_dtype, cast_only=cast_only)
+        except PlanError as e:
+            raise FormatError(source.path, str(e)) from None
         except ValueError as e:
             raise FormatError(source.path, f"translation clash: {e}") from None
+        if not plan.targets.get("weights"):
+            raise FormatError(source.path, "the source has no model weights")
+        report.weights = used if "weights-ema" in source.specs or to == "inference" else None
         report.steps = [step["name"] for step in applied]
-        report.documents = sorted(source.documents)
+        documents = {} if to == "inference" else source.documents
+        report.documents = sorted(documents)
         if dry_run:  # from the specs alone: no tensor byte is read
             report.tensors = {sec: len(specs) for sec, specs in plan.targets.items()}
             report.bytes = sum(spec[3] for specs in plan.targets.values() for spec in specs)
             return report
-        parents = []
-        if anemoi_md and isinstance(anemoi_md.get("uuid"), str):
+        parents: list[Any] = list(source.parents)
+        if not parents and anemoi_md and isinstance(anemoi_md.get("uuid"), str):
             parents.append({"uuid": anemoi_md["uuid"], "role": "source"})
         params = {"source": os.path.basename(source.path), "source_sha256": report.source_sha256,
                   "source_format": source.format, "source_versions": _versions(source, source.anemoi_metadata),
                   "tool_version": __version__, "steps": applied, "keep_layout": keep_layout,
-                  **({"dtype": dtype} if dtype else {})}
+                  **({"to": to} if to else {}), **({"weights": used} if report.weights else {}),
+                  **({"dtype": dtype} if dtype else {}),
+                  **({"keep_dtype": list(keep_dtype)} if keep_dtype else {}),
+                  **({"cast_only": list(cast_only)} if cast_only else {})}
         weights_renames = {old: new for old, (sec, new) in (renames.get("weights") or {}).items()
                            if sec == "weights" and old != new}
-        total = sum(spec[3] for specs in source.specs.values() for spec in specs)
+        total = sum(spec[3] for specs in plan.targets.values() for spec in specs)
         with Progress.for_bytes(total, f"converting {os.path.basename(source.path)}", progress) as bar, \
-                Writer(dst, kind=source.kind, metadata=source.extra_metadata,
+                Writer(dst, kind=kind, metadata=source.extra_metadata,
                        anemoi_metadata=anemoi_md,
                        supporting_arrays=_arrays_for(anemoi_md, source.supporting_arrays),
-                       parents=parents,
+                       parents=parents, lineage_info=lineage_info(anemoi_md),
                        operation="convert", parameters=params, durable=durable, progress=bar,
                        keep_anemoi_uuid=True) as w:
-            _write(source, plan, w, report)
-            for name, doc in source.documents.items():
+            write_tensors(source, plan, w, report)
+            for name, doc in documents.items():
                 w.add_document(name, rename_in_document(doc, weights_renames))
         report.uuid, report.content_id = w.uuid, w.content_id
-        report.verified = _compare(source, plan, os.fspath(dst))
+        report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst))
         return report
     finally:
         source.close()
@@ -162,71 +186,3 @@ def _versions(source: Source, md: dict[str, Any] | None) -> dict[str, Any]:
     if md and md.get("version") is not None:
         out["metadata"] = str(md["version"])
     return out
-
-
-def _cast(t: Any, code: str | None) -> Any:
-    if code is None:
-        return t
-    from ..dtypes import CODE_TO_TORCH
-
-    return t.to(CODE_TO_TORCH[code])
-
-
-def _write(source: Source, plan: WritePlan, w: Any, report: ConvertReport) -> None:
-    """Stream source sections into their targets; tensors moved to another section wait (as
-    lazy views) until that section is written."""
-    order = plan.order(list(source.sections))
-    pending: dict[str, list[tuple[str, Any]]] = {}
-    keep_alive = []  # views over the source map: aliases are detected only among live tensors
-    written: list[str] = []
-
-    def flush(target: str) -> None:
-        for new, t in pending.pop(target, []):
-            w.add(new, t, section=target)
-            report.tensors[target] = report.tensors.get(target, 0) + 1
-
-    for section, tensors in source.sections.items():
-        own = section if section in plan.targets else None
-        if own is not None:
-            w.begin_section(own, plan.targets[own])
-            written.append(own)
-        for name, t in tensors():
-            target, new, code = plan.route[(section, name)]
-            t = _cast(t, code)
-            keep_alive.append(t)
-            report.bytes += t.numel() * t.element_size()
-            if target == own:
-                w.add(new, t, section=target)
-                report.tensors[target] = report.tensors.get(target, 0) + 1
-            elif target in written:
-                raise FormatError(source.path, f"{section}/{name} moves to section {target!r}, "
-                                  "which was already written")
-            else:
-                pending.setdefault(target, []).append((new, t))
-        if own is not None:
-            flush(own)
-    for target in order:
-        if target in pending:
-            w.begin_section(target, plan.targets[target])
-            flush(target)
-    keep_alive.clear()
-
-
-def _compare(source: Source, plan: WritePlan, dst: str) -> int:
-    """Read every tensor back from ``dst`` and compare its bytes with the (cast) source's."""
-    import torch
-
-    n = 0
-    with open_checkpoint(dst) as ck:
-        for section, tensors in source.sections.items():
-            for name, t in tensors():
-                target, new, code = plan.route[(section, name)]
-                t = _cast(t, code)
-                got = ck.tensors(target)[new]
-                if got.dtype != t.dtype or tuple(got.shape) != tuple(t.shape) \
-                        or not torch.equal(_raw(got), _raw(t)):
-                    raise IntegrityError(dst, f"tensor {new!r} differs from the source after "
-                                         "writing", "the disk or memory corrupted data; retry",
-                                         section=target)
-                n += 1
-    return n

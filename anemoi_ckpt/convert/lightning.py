@@ -40,11 +40,11 @@ def _storage_key(ref: TensorRef) -> tuple[Any, ...]:
     return ref.storage.key, ref.offset, tuple(ref.size), tuple(ref.stride)
 
 
-def split_state_dict(obj: dict[str, Any], path: str
+def split_state_dict(obj: dict[str, Any], path: str, key: str = "state_dict"
                      ) -> tuple[dict[str, TensorRef], dict[str, TensorRef], bool, dict[str, TensorRef]]:
     """(interface weights, other LightningModule state, whether the prefix was removed, the
     whole state dict in its original order)."""
-    sd = obj.get("state_dict")
+    sd = obj.get(key)
     if not isinstance(sd, Mapping):
         raise FormatError(path, "the Lightning checkpoint has no state_dict",
                           "it may be a weights-free callback file")
@@ -133,12 +133,20 @@ def _indices(osd: Any, path: str) -> tuple[list[Any], dict[Any, tuple[int, ...] 
 def read_lightning(obj: dict[str, Any], path: str, *, positional: bool = False
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """(tensor groups by section, documents, details) of a Lightning checkpoint's object tree."""
-    weights, module, prefix_removed, full_sd = split_state_dict(obj, path)
+    # Lightning's WeightAveraging callback (EMA/SWA; anemoi's weight_averaging) saves the
+    # averaged weights as state_dict and the live ones as current_model_state. ``weights`` is
+    # always the live model (what the optimizer state belongs to); the average goes beside it.
+    averaged = isinstance(obj.get("current_model_state"), Mapping)
+    weights, module, prefix_removed, full_sd = split_state_dict(
+        obj, path, "current_model_state" if averaged else "state_dict")
+    ema = split_state_dict(obj, path)[0] if averaged else {}
     hp_sink, graph_sink = TensorSink("hparams"), TensorSink("graph")
     hparams = to_plain(obj.get("hyper_parameters", {}), hp_sink, path, graph_sink=graph_sink)
     mapping = optimizer_names(obj, full_sd, prefix_removed, hparams, path, positional)
 
     groups: dict[str, dict[str, Any]] = {"weights": weights}
+    if ema:
+        groups["weights-ema"] = ema
     if module:
         groups["module"] = module
     state_sink = TensorSink("state")
@@ -148,14 +156,15 @@ def read_lightning(obj: dict[str, Any], path: str, *, positional: bool = False
         tensors, doc = _optimizer(osd, names, prefix_removed, section, state_sink, path)
         groups[section] = tensors
         optimizers.append(doc)
-    skip = {"state_dict", "optimizer_states", "hyper_parameters"}
+    skip = {"state_dict", "optimizer_states", "hyper_parameters", "current_model_state"}
     state = to_plain({k: v for k, v in obj.items() if k not in skip}, state_sink, path)
     state["optimizers"] = optimizers
     groups.update({"graph": graph_sink.items, "hparams": hp_sink.items, "state": state_sink.items})
     groups = {k: v for k, v in groups.items() if v or k == "weights"}
     details = {"lightning_version": obj.get(LIGHTNING_KEY), "epoch": obj.get("epoch"),
                "global_step": obj.get("global_step"), "prefix_removed": PREFIX if prefix_removed else "",
-               "optimizer_names": "positional" if any(m is None for m in mapping) else "by-parameter"}
+               "optimizer_names": "positional" if any(m is None for m in mapping) else "by-parameter",
+               "averaged_weights": bool(ema)}
     return groups, {"hyper-parameters": hparams, "training-state": state}, details
 
 

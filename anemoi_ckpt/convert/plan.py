@@ -5,7 +5,8 @@ single tensor byte is read, and the dry run reports exactly what a real run woul
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,14 @@ class WritePlan:
     #: (source section, source name) -> (target section, target name, cast code or None)
     route: dict[tuple[str, str], tuple[str, str, str | None]] = field(default_factory=dict)
 
+    def route_target(self, source_section: str) -> str | None:
+        """The section a source section writes into (its tensors not moved elsewhere)."""
+        counts: dict[str, int] = {}
+        for (s, _), (t, _, _) in self.route.items():
+            if s == source_section:
+                counts[t] = counts.get(t, 0) + 1
+        return max(counts, key=lambda t: counts[t]) if counts else None
+
     def order(self, source_sections: list[str]) -> list[str]:
         """Target sections in write order: each source section's own target first, in source
         order; targets fed only by moves (e.g. ``buffers``) after the section that feeds them."""
@@ -37,26 +46,77 @@ class WritePlan:
         return seen + [t for t in self.targets if t not in seen]
 
 
+#: What an inference file keeps of a training one: the model, its graph and its buffers.
+INFERENCE_SECTIONS = ("weights", "graph", "buffers")
+
+
+class PlanError(ValueError):
+    """A request the sources cannot satisfy; the message is for the user."""
+
+
+def select_sections(sections: list[str], to: str | None, weights: str = "auto") -> tuple[dict[str, str], str]:
+    """Which source sections are written, under which section name, and which weights copy
+    (``raw`` or ``ema``) becomes ``weights``. ``to="inference"`` drops optimizer, module,
+    hyper-parameter and training-state tensors."""
+    has_ema = "weights-ema" in sections
+    if weights == "ema" and not has_ema:
+        raise PlanError("--weights ema: the source has no weight-averaged (EMA/SWA) copy")
+    use = "ema" if weights == "ema" or (weights == "auto" and has_ema and to == "inference") else "raw"
+    if "weights" not in sections and not (use == "ema"):
+        raise PlanError("the source has no model weights")
+    if to != "inference":
+        return {s: s for s in sections}, use
+    keep = {s: s for s in sections if s in INFERENCE_SECTIONS}
+    if use == "ema":
+        keep["weights-ema"] = "weights"
+        keep.pop("weights", None)
+    return keep, use
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def build_plan(specs: Mapping[str, list[Spec]],
                renames: Mapping[str, Mapping[str, tuple[str, str]]] | None = None,
-               cast: str | None = None) -> WritePlan:
+               cast: str | None = None, *, sections: Mapping[str, str] | None = None,
+               keep_dtype: Iterable[str] = (), cast_only: Iterable[str] = ()) -> WritePlan:
     """Route every spec. ``renames`` (from the translation engine) maps per source section
-    old name -> (section, name); missing entries keep their place. ``cast`` (a CAST_CODES key)
-    applies to floating-point tensors of the ``weights`` section only: optimizer moments and
-    graph attributes keep their precision."""
+    old name -> (section, name); missing entries keep their place. ``sections`` (from
+    :func:`select_sections`) says which source sections are written and as what; others are
+    dropped. ``cast`` (a CAST_CODES key) applies to floating-point tensors of the ``weights``
+    section only (optimizer moments and graph attributes keep their precision), except those
+    matching a ``keep_dtype`` glob (norms that must stay fp32); with ``cast_only`` globs, only
+    matching tensors are cast, and a match that is not floating point is refused."""
     code = CAST_CODES[cast] if cast else None
+    keep_dtype, cast_only = list(keep_dtype), list(cast_only)
+    if cast_only and not code:
+        raise PlanError("--cast needs --dtype")
     plan = WritePlan()
     taken: dict[tuple[str, str], tuple[str, str]] = {}
     for section, entries in specs.items():
+        if sections is not None and section not in sections:
+            continue
+        out_section = sections[section] if sections is not None else section
         table = (renames or {}).get(section, {})
         for name, dtype, shape, size in entries:
-            target, new = table.get(name, (section, name))
+            target, new = table.get(name, (out_section, name))
+            if target == section:
+                target = out_section
             if (target, new) in taken:
                 first = taken[(target, new)]
                 raise ValueError(f"{first[0]}/{first[1]} and {section}/{name} would both be "
                                  f"written as {target}/{new}")
             taken[(target, new)] = (section, name)
-            to = code if code and target == "weights" and dtype in FLOAT_CODES and dtype != code else None
+            to = None
+            if code and target == "weights":
+                if cast_only and _matches(new, cast_only):
+                    if dtype not in FLOAT_CODES:
+                        raise PlanError(f"--cast {new}: a {dtype} tensor cannot be cast to {cast}")
+                    to = code if dtype != code else None
+                elif not cast_only and dtype in FLOAT_CODES and dtype != code \
+                        and not _matches(new, keep_dtype):
+                    to = code
             out_dtype = to or dtype
             plan.route[(section, name)] = (target, new, to)
             plan.targets.setdefault(target, []).append(

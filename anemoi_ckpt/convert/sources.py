@@ -38,6 +38,10 @@ class Source:
     close: Callable[[], None] = lambda: None
     #: JSON documents written beside the tensors (Lightning: hyper-parameters, training-state)
     documents: dict[str, Any] = field(default_factory=dict)
+    #: lineage parents beyond the anemoi uuid (an .anc source: the open file, ancestors copied)
+    parents: list[Any] = field(default_factory=list)
+    #: per section, name -> sha256 the source already vouches for (an .anc's manifest)
+    digests: dict[str, dict[str, str]] | None = None
     #: extra keys for the output's metadata.json (e.g. a PEFT adapter's config), validated as Metadata
     extra_metadata: dict[str, Any] | None = None
 
@@ -187,7 +191,15 @@ def _hf(name: str) -> Callable[[str], Any]:
 
 #: name -> (detector, opener). Order matters: the first detector that accepts a file wins.
 #: Detectors get files and folders alike (a folder source: sharded safetensors, PEFT adapter).
+def _anc(name: str) -> Callable[[str], Any]:
+    def call(path: str) -> Any:
+        from . import anc_source
+        return getattr(anc_source, name)(path)
+    return call
+
+
 SOURCES: dict[str, tuple[Callable[[str], bool], Callable[[str], Source]]] = {
+    "anc": (_anc("is_anc"), _anc("open_anc")),
     "torch": (_is_torch_zip, _open_torch),
     "safetensors": (_is_safetensors, _open_safetensors),
     "peft": (_hf("is_peft"), _hf("open_peft")),
