@@ -20,7 +20,8 @@ from .progress import Progress
 from .schema import Lineage, LineageRecord
 from .lineage_view import by_uuid, short_uuid
 
-#: Extensions of legacy (pickled or safetensors) checkpoints a convert may have read.
+#: Extensions of legacy (pickled or safetensors) checkpoints a convert may have read; a file with
+#: the recorded source name is a candidate whatever its extension.
 SOURCE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 #: Hashing more than this shows a bar on an interactive stderr.
 PROGRESS_BYTES = 8 << 20
@@ -161,6 +162,9 @@ def verify_lineage(lineage: Lineage, search_dirs: Iterable[str | os.PathLike],
             except AncError:
                 continue  # not attributable to any ancestor without a readable manifest
     legacy = [p for p in files if p.lower().endswith(SOURCE_EXTENSIONS)]
+    recorded = {w.status.source for w in wanted if w.source_sha256 is not None}
+    # A source under its recorded name is a candidate whatever its extension (an index .json).
+    legacy += [p for p in files if os.path.basename(p) in recorded and not p.lower().endswith(SOURCE_EXTENSIONS)]
     hashes: dict[str, str] = {}  # each candidate hashed at most once
     for w in wanted:
         st = w.status
@@ -184,8 +188,9 @@ def verify_lineage(lineage: Lineage, search_dirs: Iterable[str | os.PathLike],
 def _match_source(w: _Wanted, legacy: list[str], hashes: dict[str, str], progress: bool | None) -> None:
     st = w.status
     named = [p for p in legacy if os.path.basename(p) == st.source]
+    others = [p for p in legacy if os.path.basename(p) != st.source]
     # Same name first (cheap, and almost always the file); then renamed copies.
-    for path in named + [p for p in legacy if p not in named]:
+    for path in named + others:
         if path not in hashes:
             try:
                 hashes[path] = _file_sha256(path, progress)

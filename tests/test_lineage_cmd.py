@@ -295,6 +295,18 @@ def test_legacy_source_matched_by_sha256(tmp_path: Path) -> None:
         == "missing"
 
 
+def test_legacy_source_with_any_extension_found_by_name(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save(weights(5), src / "model.weights")  # an extension not searched by default
+    torch.save(weights(6), src / "other.pt")
+    anc = tmp_path / "model.anc"
+    convert(src / "model.weights", anc)
+    out = run_cli("lineage", str(anc), "--verify", "--search", str(src), "--json")
+    (a,) = statuses(out).values()
+    assert (a["status"], a["path"], a["source"]) == ("found", str(src / "model.weights"), "model.weights")
+
+
 def test_usage_errors(chain: Chain, tmp_path: Path) -> None:
     assert run_cli("lineage", str(chain.merged), "--verify").returncode == 2
     assert run_cli("lineage", str(chain.merged), "--strict").returncode == 2
