@@ -59,43 +59,11 @@ def verify(file: str, as_json: bool, progress: bool | None) -> None:
 @click.option("--channels", type=int, default=64, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True)
 def demo(out_dir: str, channels: int, layers: int) -> None:
-    """Build a demo anemoi-shaped checkpoint, then inspect and verify it."""
-    from ..demo import demo_anemoi_metadata, demo_graph, demo_state_dict
-    from ..writer import save
+    """Build a demo anemoi-shaped checkpoint, verify it, convert a legacy pickle and a Lightning
+    training checkpoint, make the inference file from it and show the lineage."""
+    from ..demo_run import run_demo
 
-    import torch
-
-    from ..convert import convert as convert_one
-    from ..legacy.scan import scan as scan_file
-
-    os.makedirs(out_dir, exist_ok=True)
-    path = Path(out_dir) / "demo-model.anc"
-    md, arrays = demo_anemoi_metadata()
-    weights = demo_state_dict(channels=channels, layers=layers)
-    save(path, weights, kind="inference",
-         metadata={"description": "anemoi-ckpt demo model", "user": {"demo": True}},
-         anemoi_metadata=md, supporting_arrays=arrays, sections={"graph": demo_graph()},
-         operation="create", parameters={"channels": channels, "layers": layers})
-    click.echo(f"1. wrote {path}\n")
-    with open_checkpoint(path) as ck:
-        click.echo(render(summarize(ck)))
-        report = ck.verify()
-        content_id = ck.content_id
-    click.echo(f"\n2. verify: {'intact' if report.ok else 'DAMAGED'} ({len(report.sections)} sections, "
-               f"content id {'ok' if report.content_id_ok else 'MISMATCH'})")
-    # The same weights as a legacy pickle: scanned and converted without ever being unpickled.
-    legacy = Path(out_dir) / "legacy-weights.pt"
-    torch.save(weights, legacy)
-    found = scan_file(legacy)
-    click.echo(f"\n3. scan {legacy}: {len(found.globals)} globals, {found.tensors} tensors, "
-               f"{len(found.executing)} would execute code")
-    converted = convert_one(legacy, Path(out_dir) / "legacy-weights.anc")
-    same = converted.content_id == content_id
-    click.echo(f"4. convert -> {converted.output}: {converted.verified} tensors verified bit for bit; "
-               f"content id {'equals' if same else 'DIFFERS FROM'} the demo model's")
-    if not same:
-        raise SystemExit(1)
-    if not report.ok:
+    if not run_demo(out_dir, channels=channels, layers=layers, echo=click.echo):
         raise SystemExit(1)
 
 
