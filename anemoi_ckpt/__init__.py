@@ -4,7 +4,9 @@ Public API::
 
     anemoi_ckpt.save(path, tensors, kind=..., metadata=..., anemoi_metadata=..., ...)
     with anemoi_ckpt.Writer(path, ...) as w: w.add(name, tensor)
-    with anemoi_ckpt.open(path) as ck: ck.tensors(), ck.state_dict(), ck.verify(), ...
+    with anemoi_ckpt.open(path) as ck: ck.tensors(), ck.state_dict(), ck.verify(), ck.lineage, ...
+    anemoi_ckpt.convert(src, dst, to="inference")   # any legacy format or a training .anc
+    anemoi_ckpt.diff(a, b)
 
 This package imports neither Lightning nor PEFT, and reading never unpickles.
 """
@@ -29,6 +31,10 @@ def __getattr__(name: str):  # noqa: ANN202
         from . import writer
 
         return getattr(writer, name)
+    if name == "convert":  # the package, callable: anemoi_ckpt.convert(src, dst, to="inference")
+        import importlib
+
+        return importlib.import_module(".convert", __name__)
     raise AttributeError(f"module 'anemoi_ckpt' has no attribute {name!r}")
 
 
@@ -38,5 +44,5 @@ __all__ = [
     "AncError", "Checkpoint", "DiffReport", "FORMAT_VERSION", "FormatError", "IntegrityError", "Lineage",
     "LineageRecord", "Manifest", "Metadata", "SCHEMA_VERSION", "TensorMapping",
     "UnknownSectionWarning", "UsageError", "VerifyReport", "VersionError", "Writer", "__version__",
-    "diff", "open", "open_checkpoint", "save",
+    "convert", "diff", "open", "open_checkpoint", "save",
 ]

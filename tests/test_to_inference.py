@@ -138,3 +138,10 @@ def test_ema_weights_picked_and_reported(ema_ckpt: tuple[Path, dict], tmp_path: 
             assert ck.lineage.records[0].parameters["weights"] == want
     out = run_cli("convert", str(path), str(tmp_path / "cli.anc"), "--to", "inference", "--keep-layout")
     assert out.returncode == 0 and "weights: ema" in out.stdout
+
+
+def test_public_api_convert_is_callable(training_anc: Path, tmp_path: Path) -> None:
+    report = anemoi_ckpt.convert(training_anc, tmp_path / "api.anc", to="inference")
+    assert isinstance(report, anemoi_ckpt.convert.ConvertReport) and report.kind == "inference"
+    with anemoi_ckpt.open(tmp_path / "api.anc") as ck:
+        assert ck.kind == "inference"
