@@ -145,3 +145,12 @@ def test_public_api_convert_is_callable(training_anc: Path, tmp_path: Path) -> N
     assert isinstance(report, anemoi_ckpt.convert.ConvertReport) and report.kind == "inference"
     with anemoi_ckpt.open(tmp_path / "api.anc") as ck:
         assert ck.kind == "inference"
+
+
+def test_out_dir_refuses_colliding_names(tmp_path: Path) -> None:
+    gt = FIXTURES / "legacy" / "anemoi" / "graphtransformer" / "last.ckpt"
+    out = run_cli("convert", str(GNN), str(gt), "--out-dir", str(tmp_path / "o"))
+    assert out.returncode == 2 and "would both be written to" in out.stderr
+    assert not (tmp_path / "o").exists()
+    out = run_cli("convert", str(GNN), "--out-dir", str(tmp_path / "dry"), "--dry-run")
+    assert out.returncode == 0 and not (tmp_path / "dry").exists()

@@ -111,11 +111,11 @@ def _out_name(src: str, to: str | None) -> str:
 @click.option("--dry-run", is_flag=True, help="Read and report; write nothing.")
 @click.option("--keep-layout", is_flag=True,
               help="Write the source's tensor names and metadata unchanged (no translation steps).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]),
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64", "fp32", "fp16", "bf16"]),
               help="Cast floating-point weights (not optimizer state) to this dtype.")
 @click.option("--optimizer-positional", is_flag=True,
-              help="Lightning files: keep optimizer state under index-based names when it cannot "
-                   "be matched to parameter names.")
+              help="Lightning files: name optimizer state by index instead of by parameter "
+                   "(for files whose state cannot be matched to parameter names).")
 @click.option("--to", "to", type=click.Choice(["inference", "training"]),
               help="inference: keep only weights, graph, buffers, anemoi metadata and arrays "
                    "(drop optimizer, scheduler, loop and callback state).")
@@ -139,8 +139,15 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
             raise click.UsageError("give SRC DST, or SRC... --out-dir DIR")
         jobs = [(paths[0], paths[1])]
     else:
-        os.makedirs(out_dir, exist_ok=True)
         jobs = [(p, os.path.join(out_dir, _out_name(p, to))) for p in paths]
+        seen: dict[str, str] = {}
+        for src, dst in jobs:  # gnn/last.ckpt and gt/last.ckpt would silently overwrite each other
+            if dst in seen:
+                raise click.UsageError(f"{seen[dst]} and {src} would both be written to {dst}; "
+                                       "convert them into separate folders")
+            seen[dst] = src
+        if not dry_run:
+            os.makedirs(out_dir, exist_ok=True)
     reports = []
     for src, dst in jobs:
         r = convert_one(src, dst, source_format=source_format, dry_run=dry_run,

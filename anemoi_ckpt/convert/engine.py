@@ -68,7 +68,7 @@ def _translate(source: Source, keep_layout: bool) -> tuple[dict[str, Any], dict[
         return {}, source.anemoi_metadata, []
     from ..translate import TranslationInput, translate
 
-    inp = TranslationInput(source_format=source.format,
+    inp = TranslationInput(source_format=source.format, label=source.path,
                            sections={sec: [spec[0] for spec in specs] for sec, specs in source.specs.items()},
                            anemoi_metadata=source.anemoi_metadata)
     result = translate(inp, keep_layout=False)
@@ -121,7 +121,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         report = ConvertReport(source=source.path, output=None if dry_run else os.fspath(dst),
                                format=source.format, kind=kind,
                                # an .anc vouches for itself (uuid, content id, digests)
-                               source_sha256=None if source.format == "anc" else file_sha256(source.path),
+                               source_sha256=None if source.format == "anc" or dry_run
+                               else file_sha256(source.path),
                                anemoi_metadata=source.anemoi_metadata is not None,
                                details=source.details)
         renames, anemoi_md, applied = _translate(source, keep_layout)
@@ -167,7 +168,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             for name, doc in documents.items():
                 w.add_document(name, rename_in_document(doc, weights_renames))
         report.uuid, report.content_id = w.uuid, w.content_id
-        report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst))
+        try:
+            report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst))
+        except BaseException:
+            # The file is committed but does not hold the source's bytes: never leave it behind.
+            os.unlink(os.fspath(dst))
+            raise
         return report
     finally:
         source.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import math
+import posixpath
 from collections.abc import Callable
 from typing import Any
 
@@ -188,7 +189,7 @@ def _node(value: Any, flat: Flattener, path: str, depth: int) -> Any:
 @handler("pathlib.")
 def _path(obj: StandIn, flat: Flattener, path: str, depth: int) -> Any:
     parts = [a for a in obj.args if isinstance(a, str)]
-    return "/".join(parts) if parts else flat.generic(obj, path, depth)
+    return posixpath.join(*parts) if parts else flat.generic(obj, path, depth)
 
 
 @handler("torch_geometric.data.hetero_data.HeteroData", "torch_geometric.data.data.Data")

@@ -27,7 +27,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser under its PyPI name
 from .ops import OPS, check_params
 
 #: the source formats a step may name in ``applies_to.formats``
-FORMATS = frozenset({"anemoi-lightning", "torch-module", "torch-state-dict", "safetensors"})
+# The source formats convert reports (anemoi_ckpt.convert.sources); "anemoi-lightning" is the
+# older spelling of "lightning", kept so step files written with it stay valid.
+FORMATS = frozenset({"lightning", "anemoi-lightning", "torch-module", "torch-state-dict", "safetensors",
+                     "safetensors-sharded", "peft", "anc"})
 _FILE_NAME = re.compile(r"^\d{4}-[a-z0-9][a-z0-9-]*\.toml$")
 _TOP = {"name", "description", "anemoi_models", "applies_to", "op"}
 _APPLIES = {"formats", "models_version", "metadata_version", "keys_match", "keys_absent"}
