@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FormatError
-from ..legacy.standins import StandIn, TensorRef
+from ..legacy.standins import StandIn, TensorRef, walk
 
 
 MAX_MODULES = 1_000_000
@@ -66,6 +66,17 @@ def flat_state_dict(obj: Mapping[str, Any], path: str) -> dict[str, TensorRef]:
         if isinstance(value, TensorRef):
             out[prefix.rstrip(".")] = value
         elif isinstance(value, Mapping):
+            # A pickle can BUILD attributes onto an allowed OrderedDict (e.g. a planted
+            # __setstate__): they were never run, but such a dict is not a plain state dict.
+            for attr, planted in (getattr(value, "__dict__", None) or {}).items():
+                # torch's own _metadata (module versions) is plain data; anything the pickle
+                # asked to build is not.
+                bad = next((o for o in walk(planted) if isinstance(o, StandIn)
+                            or (isinstance(o, type) and issubclass(o, StandIn))), None)
+                if bad is not None:
+                    raise FormatError(path, f"the state dict {prefix.rstrip('.') or '(top level)'} "
+                                      f"carries attribute {attr!r} holding {bad.dotted}",
+                                      "a plain state dict has none")
             stack.extend((f"{prefix}{k}.", v) for k, v in reversed(list(value.items())))
         else:
             what = value.dotted if isinstance(value, StandIn) else type(value).__name__
