@@ -4,3 +4,10 @@ maths, merging them into a base and splitting fine-tunes into adapters."""
 from .model import ATTACHED_PREFIX, Adapter, open_adapters, read_adapters
 
 __all__ = ["ATTACHED_PREFIX", "Adapter", "open_adapters", "read_adapters"]
+
+# PEFT interop and attached adapters: fit checks, export to a PEFT folder, attach/detach/list
+from .attach import attach, detach, list_adapters  # noqa: E402
+from .compat import Problem, check_adapter  # noqa: E402
+from .export import export_peft  # noqa: E402
+
+__all__ += ["Problem", "attach", "check_adapter", "detach", "export_peft", "list_adapters"]

@@ -126,10 +126,13 @@ def _out_name(src: str, to: str | None) -> str:
               help="With --dtype: tensors matching this glob keep their dtype (e.g. '*layer_norm*'). Repeatable.")
 @click.option("--cast", "cast_only", multiple=True, metavar="PATTERN",
               help="With --dtype: cast only tensors matching this glob. Repeatable.")
+@click.option("--base", type=click.Path(), help="PEFT adapters: the base .anc it was trained on "
+              "(every adapter tensor is checked against it and its content id recorded).")
 @json_option
 def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | None, dry_run: bool,
             keep_layout: bool, dtype: str | None, optimizer_positional: bool, to: str | None,
-            weights: str, keep_dtype: tuple[str, ...], cast_only: tuple[str, ...], as_json: bool) -> None:
+            weights: str, keep_dtype: tuple[str, ...], cast_only: tuple[str, ...], base: str | None,
+            as_json: bool) -> None:
     """Convert SRC into DST (.anc) without running its pickle: `convert SRC DST` or
     `convert SRC... --out-dir DIR`. Every tensor is read back and compared bit for bit."""
     from ..convert import convert as convert_one
@@ -152,7 +155,7 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
     for src, dst in jobs:
         r = convert_one(src, dst, source_format=source_format, dry_run=dry_run,
                         keep_layout=keep_layout, dtype=dtype, optimizer_positional=optimizer_positional,
-                        to=to, weights=weights, keep_dtype=keep_dtype, cast_only=cast_only)
+                        to=to, weights=weights, keep_dtype=keep_dtype, cast_only=cast_only, base=base)
         reports.append(r.to_dict())
         if not as_json:
             counts = ", ".join(f"{n} {s}" for s, n in r.tensors.items()) or "no tensors"

@@ -17,6 +17,7 @@ from typing import Any
 from .. import __version__
 from ..errors import FormatError, UsageError
 from ..progress import Progress
+from ..adapters.attach import link_base
 from .anc_source import check_not_same
 from .lineage_info import lineage_info
 from .plan import CAST_CODES, PlanError, build_plan, rename_in_document, select_sections
@@ -92,7 +93,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             dry_run: bool = False, durable: bool = True, progress: bool | None = None,
             keep_layout: bool = False, dtype: str | None = None,
             optimizer_positional: bool = False, to: str | None = None, weights: str = "auto",
-            keep_dtype: Iterable[str] = (), cast_only: Iterable[str] = ()) -> ConvertReport:
+            keep_dtype: Iterable[str] = (), cast_only: Iterable[str] = (),
+            base: str | os.PathLike | None = None) -> ConvertReport:
     """Convert ``src`` into an ``.anc`` at ``dst`` (nothing is written when ``dry_run``).
 
     By default the tensor names and anemoi metadata are brought to the newest anemoi layout by
@@ -103,6 +105,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
     floating-point weights (never optimizer state), except names matching ``keep_dtype`` globs;
     ``cast_only`` globs restrict the cast to matching tensors. ``optimizer_positional`` keeps a
     Lightning optimizer's state under index-based names when it cannot be matched to names.
+    ``base`` (PEFT adapters): the base ``.anc`` the adapter was trained on; every adapter tensor
+    is checked against it (refused otherwise) and it is recorded as the adapter's base.
     """
     from ..writer import Writer
 
@@ -136,6 +140,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             raise FormatError(source.path, f"translation clash: {e}") from None
         if not plan.targets.get("weights"):
             raise FormatError(source.path, "the source has no model weights")
+        # adapters: checked against --base before anything is written (dry runs included)
+        extra_md, base_parents = link_base(source.kind, source.format, plan.targets["weights"],
+                                           source.extra_metadata, src_path, base)
         report.weights = used if "weights-ema" in source.specs or to == "inference" else None
         report.steps = [step["name"] for step in applied]
         documents = {} if to == "inference" else source.documents
@@ -147,6 +154,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         parents: list[Any] = list(source.parents)
         if not parents and anemoi_md and isinstance(anemoi_md.get("uuid"), str):
             parents.append({"uuid": anemoi_md["uuid"], "role": "source"})
+        parents += base_parents
         params = {"source": os.path.basename(source.path), "source_sha256": report.source_sha256,
                   "source_format": source.format, "source_versions": _versions(source, source.anemoi_metadata),
                   "tool_version": __version__, "steps": applied, "keep_layout": keep_layout,
@@ -158,7 +166,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
                            if sec == "weights" and old != new}
         total = sum(spec[3] for specs in plan.targets.values() for spec in specs)
         with Progress.for_bytes(total, f"converting {os.path.basename(source.path)}", progress) as bar, \
-                Writer(dst, kind=kind, metadata=source.extra_metadata,
+                Writer(dst, kind=kind, metadata=extra_md,
                        anemoi_metadata=anemoi_md,
                        supporting_arrays=_arrays_for(anemoi_md, source.supporting_arrays),
                        parents=parents, lineage_info=lineage_info(anemoi_md),
