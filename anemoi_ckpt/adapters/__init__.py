@@ -11,3 +11,8 @@ from .compat import Problem, check_adapter  # noqa: E402
 from .export import export_peft  # noqa: E402
 
 __all__ += ["Problem", "attach", "check_adapter", "detach", "export_peft", "list_adapters"]
+
+# split: fine-tune minus base as a LoRA adapter or a freeze delta
+from .split import SplitReport, split, split_attached  # noqa: E402
+
+__all__ += ["SplitReport", "split", "split_attached"]
