@@ -16,3 +16,8 @@ __all__ += ["Problem", "attach", "check_adapter", "detach", "export_peft", "list
 from .split import SplitReport, split, split_attached  # noqa: E402
 
 __all__ += ["SplitReport", "split", "split_attached"]
+
+# merge: LoRA adapters and freeze deltas folded into a base
+from .merge import MergeReport, merge  # noqa: E402
+
+__all__ += ["MergeReport", "merge"]

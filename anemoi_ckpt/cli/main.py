@@ -58,5 +58,6 @@ def main() -> None:
     from . import commands  # noqa: F401 - registers the commands
     from . import adapters_group  # noqa: F401
     from . import split_cmds  # noqa: F401
+    from . import adapter_cmds  # noqa: F401
 
     cli(prog_name=PROG)

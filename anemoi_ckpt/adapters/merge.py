@@ -1,0 +1,302 @@
+"""``merge(base, adapters)``: LoRA adapters and freeze deltas folded into a base ``.anc``.
+
+Everything is checked before a byte is written (base identity, modules, shapes, options), then
+the base's ``weights`` are streamed tensor by tensor: a tensor no adapter touches is copied as
+the reader's zero-copy view; a targeted one gets, in fp32,
+
+1. the whole-tensor replacements first (kind ``delta`` files, PEFT ``modules_to_save`` and
+   trained biases): ``W <- W + w (R - W)``, i.e. exactly ``R`` at weight 1; two adapters
+   replacing one tensor are refused, since replacements do not combine;
+2. then the LoRA deltas of the adapters that target it (``scale · B@A``; DoRA as its additive
+   form ``m/‖W+ΔW‖·(W+ΔW) - W`` with W from step 1), combined by ``method`` (:mod:`.maths`),
+
+and is cast back to the base dtype. Memory: the largest tensor and its deltas.
+
+``weights`` has one entry per adapter (a file holding several adapters counts each). DARE draws
+from a generator seeded by ``sha256(seed, tensor name)``, so results do not depend on the order
+or the set of tensors written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import FormatError, UsageError
+from ..progress import Progress
+from ..reader import Checkpoint, open_checkpoint
+from ..writer import Writer
+from . import lora_config as LC, maths
+from .model import Adapter, open_adapters
+from .peft_keys import base_tensor_name, group_keys
+
+#: Tensor sections an inference file keeps beside ``weights`` (as ``convert --to inference``).
+KEPT_SECTIONS = ("graph", "buffers")
+#: Base metadata.json keys describing adapters: meaningless once they are merged.
+_ADAPTER_KEYS = ("adapter", "adapters", "peft_config")
+
+DeltaFn = Callable[[torch.Tensor], torch.Tensor]  # fp32 W (after replacements) -> fp32 ΔW
+
+
+@dataclass
+class MergeReport:
+    path: str
+    uuid: str
+    content_id: str
+    method: str
+    tensors_changed: list[str]
+    #: per adapter: name, source file, kind, modules (or tensors) applied
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+    forced: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Plan:
+    replace: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    deltas: dict[str, list[tuple[int, DeltaFn]]] = field(default_factory=dict)
+    applied: list[list[str]] = field(default_factory=list)
+
+
+def _check_options(method: str, n: int, weights: Sequence[float] | None, density: float | None,
+                   rank: int | None) -> list[float]:
+    if method not in maths.COMBINE:
+        raise UsageError(None, f"unknown merge method {method!r}", f"one of {', '.join(maths.COMBINE)}")
+    w = [1.0] * n if weights is None else [float(x) for x in weights]
+    if len(w) != n:
+        raise UsageError(None, f"{len(w)} weights for {n} adapters", "give one weight per adapter")
+    if method in maths.NEEDS_DENSITY:
+        if density is None or not 0 < density <= 1:
+            raise UsageError(None, f"method {method} needs a density in (0, 1], not {density}")
+    elif density is not None:
+        raise UsageError(None, f"--density applies to ties, dare_linear and dare_ties, not {method}")
+    if method == "svd":
+        if rank is None or rank < 1:
+            raise UsageError(None, "method svd needs a rank >= 1 (--rank)")
+    elif rank is not None:
+        raise UsageError(None, f"--rank applies to method svd, not {method}")
+    return w
+
+
+def _shape(base: Checkpoint, name: str) -> tuple[int, ...]:
+    bt = base.tensors("weights")
+    return tuple(bt.entries[bt.aliases.get(name, name)].shape)
+
+
+def _target(base: Checkpoint, ad: Adapter, name: str, what: str) -> str:
+    """The stored base tensor ``name`` refers to (aliases resolved), or a one-line refusal."""
+    bt = base.tensors("weights")
+    if name not in bt:
+        raise FormatError(ad.source[0], f"adapter {ad.name!r}: {what} {name!r} is not in the base "
+                          f"{os.path.basename(base.path)}", "was it trained on another model?")
+    return bt.aliases.get(name, name)
+
+
+def _shape_check(base: Checkpoint, ad: Adapter, name: str, got: tuple[int, ...], what: str) -> None:
+    want = _shape(base, name)
+    if tuple(got) != want:
+        raise FormatError(ad.source[0], f"adapter {ad.name!r}: {what} for {name!r} has shape "
+                          f"{list(got)}, the base tensor {list(want)}")
+
+
+def _plan_lora(base: Checkpoint, ad: Adapter, i: int, plan: _Plan) -> list[str]:
+    file, cfg = ad.source[0], ad.config
+    LC.check_config(cfg, file)
+    fifo, dora = LC.fan_in_fan_out(cfg), LC.use_dora(cfg)
+    modules, whole = group_keys(ad.tensors.keys(), file)
+    applied = []
+    for mk in modules.values():
+        p = {part: ad.tensors[key] for part, key in mk.parts.items()}
+        r, _ = LC.rank_alpha(cfg, mk.module, file)
+        scale = LC.lora_scale(cfg, mk.module, file)
+        A, B = (p["embedding_A"], p["embedding_B"]) if mk.embedding else (p["lora_A"], p["lora_B"])
+        if A.ndim != 2 or B.ndim != 2:
+            raise FormatError(file, f"module {mk.module!r}: LoRA on convolutions is not supported by merge")
+        if A.shape[0] != r or B.shape[1] != r:
+            raise FormatError(file, f"module {mk.module!r}: LoRA tensors have rank {A.shape[0]}, "
+                              f"adapter_config.json says {r}")
+        name = _target(base, ad, base_tensor_name(mk.module), "module")
+        if mk.embedding:
+            shape, transposed = (A.shape[1], B.shape[0]), True
+            fn: Callable[[], torch.Tensor] = lambda A=A, B=B, s=scale: maths.embedding_delta(A, B, s)
+        else:
+            shape, transposed = ((A.shape[1], B.shape[0]) if fifo else (B.shape[0], A.shape[1])), fifo
+            fn = lambda A=A, B=B, s=scale: maths.lora_delta(A, B, s, fifo)
+        _shape_check(base, ad, name, shape, "the LoRA delta")
+        if "magnitude" in p:
+            m = p["magnitude"]
+            if m.numel() != shape[1 if transposed else 0]:
+                raise FormatError(file, f"module {mk.module!r}: DoRA magnitude has {m.numel()} entries "
+                                  f"for a {list(shape)} weight")
+            delta: DeltaFn = lambda W, fn=fn, m=m, t=transposed: maths.dora_delta(W, fn(), m, t)
+        elif dora:
+            raise FormatError(file, f"module {mk.module!r}: use_dora is set but the adapter has no "
+                              "lora_magnitude_vector")
+        else:
+            delta = lambda W, fn=fn: fn()
+        plan.deltas.setdefault(name, []).append((i, delta))
+        if "lora_B_bias" in p:  # lora_bias=True: the bias moves by scale · b (PEFT's merge)
+            bias = _target(base, ad, base_tensor_name(mk.module, "lora_B_bias"), "bias")
+            _shape_check(base, ad, bias, tuple(p["lora_B_bias"].shape), "lora_B.bias")
+            plan.deltas.setdefault(bias, []).append(
+                (i, lambda W, b=p["lora_B_bias"], s=scale: b.to(torch.float32) * s))
+        applied.append(mk.module)
+    for name, key in whole.items():
+        applied.append(_plan_replace(base, ad, i, name, ad.tensors[key], plan))
+    for name, t in ad.extra.get("delta_tensors", {}).items():
+        applied.append(_plan_replace(base, ad, i, name, t, plan))
+    return applied
+
+
+def _attach_delta_section(ck: Checkpoint, found: list[Adapter]) -> None:
+    """``split`` keeps what PEFT cannot express whole in the section named by
+    ``adapter.delta_section`` of an adapter file: it belongs to the file's own adapter."""
+    info = (ck.metadata.model_extra or {}).get("adapter")
+    section = info.get("delta_section") if isinstance(info, dict) else None
+    if section:
+        for ad in found:
+            if ad.kind == "lora" and "section" not in ad.extra:
+                ad.extra["delta_tensors"] = ck.tensors(section)
+
+
+def _plan_replace(base: Checkpoint, ad: Adapter, i: int, name: str, t: torch.Tensor, plan: _Plan) -> str:
+    target = _target(base, ad, name, "tensor")
+    _shape_check(base, ad, target, tuple(t.shape), "the replacement tensor")
+    if target in plan.replace:
+        raise UsageError(ad.source[0], f"adapter {ad.name!r} and another adapter both replace "
+                         f"{target!r}", "merge them one at a time")
+    plan.replace[target] = (i, t)
+    return name
+
+
+def _merged(W: torch.Tensor, name: str, plan: _Plan, w: list[float], method: str,
+            density: float | None, rank: int | None, seed: int) -> torch.Tensor:
+    """One output tensor: replacements, then the combined LoRA deltas, in fp32."""
+    W32 = W.to(torch.float32)
+    if name in plan.replace:
+        i, R = plan.replace[name]
+        R32 = R.to(torch.float32)
+        W32 = R32 if w[i] == 1.0 else W32 + w[i] * (R32 - W32)
+    changes = plan.deltas.get(name)
+    if changes:
+        gen = None
+        if method in maths.RANDOM:
+            digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        combined = maths.COMBINE[method]((fn(W32) for _, fn in changes), [w[i] for i, _ in changes],
+                                         density=density, generator=gen, rank=rank)
+        W32 = W32 + combined
+    return W32.to(W.dtype)
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _default_out(base_path: str, adapter_paths: Sequence[str]) -> str:
+    stem = lambda p: os.path.splitext(os.path.basename(p))[0]  # noqa: E731
+    name = "+".join([stem(base_path), *(stem(p) for p in adapter_paths)]) + ".anc"
+    return os.path.join(os.path.dirname(os.path.abspath(base_path)), name)
+
+
+def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.PathLike],
+          out: str | os.PathLike | None = None, *, weights: Sequence[float] | None = None,
+          method: str = "linear", density: float | None = None, seed: int = 0,
+          rank: int | None = None, force: bool = False, durable: bool = True,
+          progress: bool | None = None) -> MergeReport:
+    """Merge the adapters in ``adapters`` (paths of ``.anc`` files of kind adapter or delta, or
+    with adapters attached) into ``base`` and write a full inference ``.anc``. See the module
+    docstring for the order of operations; every refusal happens before anything is written."""
+    if not adapters:
+        raise UsageError(None, "no adapter to merge")
+    paths = [os.fspath(p) for p in adapters]
+    with ExitStack() as stack:
+        if isinstance(base, Checkpoint):
+            base_ck = base
+        else:
+            base_ck = stack.enter_context(open_checkpoint(base))
+        dst = os.fspath(out) if out is not None else _default_out(base_ck.path, paths)
+        for src in (base_ck.path, *paths):
+            if _same(src, dst):
+                raise UsageError(dst, "the output is an input file", "write to a new path (-o)")
+        files: list[Checkpoint] = []
+        ads: list[Adapter] = []
+        for p in paths:
+            ck, found = open_adapters(p)
+            stack.callback(ck.close)
+            files.append(ck)
+            _attach_delta_section(ck, found)
+            ads.extend(found)
+        w = _check_options(method, len(ads), weights, density, rank)
+        forced = []
+        for ad in ads:
+            if ad.base_content_id != base_ck.content_id:
+                if not force:
+                    raise FormatError(ad.source[0], f"adapter {ad.name!r} was made for base content id "
+                                      f"{ad.base_content_id}, not {base_ck.content_id} "
+                                      f"({os.path.basename(base_ck.path)})",
+                                      "use --force to merge it anyway")
+                forced.append(ad.name)
+        plan = _Plan()
+        for i, ad in enumerate(ads):
+            if ad.kind == "delta":
+                plan.applied.append([_plan_replace(base_ck, ad, i, n, t, plan) for n, t in ad.tensors.items()])
+            else:
+                plan.applied.append(_plan_lora(base_ck, ad, i, plan))
+        return _write(base_ck, files, ads, plan, dst, w, method, density, seed, rank, forced,
+                      durable, progress)
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: _Plan, dst: str,
+           w: list[float], method: str, density: float | None, seed: int, rank: int | None,
+           forced: list[str], durable: bool, progress: bool | None) -> MergeReport:
+    bt = base.tensors("weights")
+    specs = [(n, bt.entries[bt.aliases.get(n, n)].dtype, tuple(bt.entries[bt.aliases.get(n, n)].shape),
+              bt.entries[bt.aliases.get(n, n)].nbytes) for n in bt]
+    kept = [s for s in KEPT_SECTIONS if s in base.tensor_sections()]
+    total = sum(e.nbytes for e in bt.entries.values())
+    total += sum(e.nbytes for s in kept for e in base.tensors(s).entries.values())
+    extra = base.metadata.model_dump(mode="json")
+    for key in ("schema_version", *_ADAPTER_KEYS):
+        extra.pop(key, None)
+    md = base.anemoi_metadata
+    params = {"method": method, "weights": w, "density": density, "seed": seed, "rank": rank,
+              "adapters": [ad.name for ad in ads], "forced": bool(forced),
+              **({"forced_adapters": forced} if forced else {})}
+    changed = sorted(set(plan.replace) | set(plan.deltas))
+    with Progress.for_bytes(total, f"merging into {os.path.basename(dst)}", progress) as bar, \
+            Writer(dst, kind="inference", metadata=extra, anemoi_metadata=md,
+                   supporting_arrays=base.supporting_arrays if md else None,
+                   parents=[base, *files], operation="merge", parameters=params,
+                   progress=bar, durable=durable) as wr:
+        wr.begin_section("weights", specs)
+        for name in bt.entries:
+            t = bt[name]
+            if name in plan.replace or name in plan.deltas:
+                t = _merged(t, name, plan, w, method, density, rank, seed)
+            wr.add(name, t)
+        for alias, target in bt.aliases.items():
+            wr.add_alias(alias, target)
+        for sec in kept:
+            wr.add_section(sec, base.tensors(sec))
+    assert wr.content_id is not None
+    report = [{"name": ad.name, "source": ad.source[0], "kind": ad.kind, "modules": mods}
+              for ad, mods in zip(ads, plan.applied)]
+    return MergeReport(dst, wr.uuid, wr.content_id, method, changed, report, forced)
+
+
+__all__ = ["MergeReport", "merge"]
