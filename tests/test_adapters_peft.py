@@ -165,7 +165,8 @@ def test_base_misfit_one_line_exit_1_nothing_written(tmp_path: Path, case: str) 
             base.lin = torch.nn.Linear(8, 6)
             key, tensor = "base_model.model.head.weight", "head.weight"
     save_base(tmp_path / "base.anc", base)
-    for extra in ([], ["--dry-run"]):
+    # a dry run checks too (from the headers alone); once is enough to show it
+    for extra in ([], ["--dry-run"]) if case == "missing-module" else ([],):
         out = run_cli("convert", str(tmp_path / "lora"), str(tmp_path / "lora.anc"),
                       "--base", str(tmp_path / "base.anc"), *extra)
         assert out.returncode == 1, out.stderr
@@ -189,8 +190,7 @@ def test_attach_list_export_detach_round_trip(tmp_path: Path) -> None:
     models = {}
     for name, kw in (("alps", VARIANTS["dora"]), ("storms", VARIANTS["patterns"])):
         models[name] = make_adapter(tmp_path / name, seed=len(name), **kw)
-        assert run_cli("convert", str(tmp_path / name), str(tmp_path / f"{name}.anc"),
-                       "--base", str(base)).returncode == 0
+        anemoi_ckpt.convert(tmp_path / name, tmp_path / f"{name}.anc", base=base)
     one = run_cli("adapters", "attach", str(base), str(tmp_path / "alps.anc"), "-o", str(tmp_path / "one.anc"))
     assert one.returncode == 0, one.stderr
     two = run_cli("adapters", "attach", str(tmp_path / "one.anc"), str(tmp_path / "storms.anc"),
