@@ -17,7 +17,6 @@ from typing import Any
 from .. import __version__
 from ..errors import FormatError, UsageError
 from ..progress import Progress
-from ..adapters.attach import link_base
 from .anc_source import check_not_same
 from .lineage_info import lineage_info
 from .plan import CAST_CODES, PlanError, build_plan, rename_in_document, select_sections
@@ -108,6 +107,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
     ``base`` (PEFT adapters): the base ``.anc`` the adapter was trained on; every adapter tensor
     is checked against it (refused otherwise) and it is recorded as the adapter's base.
     """
+    from ..adapters.attach import link_base  # here: the adapters package imports torch
     from ..writer import Writer
 
     src_path = os.fspath(src)
