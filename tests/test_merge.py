@@ -174,7 +174,9 @@ def test_output_keeps_sections_metadata_and_records_lineage(tmp_path: Path) -> N
         torch.testing.assert_close(ck.tensors()[name], want, rtol=1e-6, atol=1e-6)
         untouched = "model.processor.proc.0.norm.weight"
         assert torch.equal(ck.tensors()[untouched], bk.tensors()[untouched])
-    assert report.adapters[1]["modules"] == sorted(report.adapters[1]["modules"], key=lambda m: m)
+    assert sorted(report.adapters[1]["modules"]) == [f"model.processor.proc.{i}.attention.{n}"
+                                                     for i in (0, 1) for n in ("lin_q", "lin_v")]
+    assert report.adapters[0]["kind"] == "lora" and report.adapters[0]["source"] == str(a1)
 
 
 def _delta(ck, module: str) -> torch.Tensor:
@@ -367,7 +369,8 @@ def test_option_errors(tmp_path: Path) -> None:
     out = tmp_path / "out.anc"
     for kwargs in [dict(method="nope"), dict(weights=[1.0, 2.0]), dict(method="ties"),
                    dict(method="ties", density=0.0), dict(method="dare_linear", density=1.5),
-                   dict(method="svd"), dict(method="linear", density=0.5)]:
+                   dict(method="svd"), dict(method="linear", density=0.5), dict(weights=[float("nan")]),
+                   dict(method="linear", rank=2)]:
         with pytest.raises(UsageError):
             merge(base, [adapter], out, **kwargs)
     with pytest.raises(UsageError, match="output is an input"):
@@ -441,3 +444,53 @@ def test_cli_usage_errors_exit_2(cli_files: dict[str, Path]) -> None:
     assert "unknown merge method 'slerp'" in line
     # the other option errors are the same UsageError path, checked in-process (test_option_errors)
     assert "--weights 'x'" in _refused(cli_files, cli_files["base"], cli_files["adapter"], "--weights", "x", code=2)
+
+
+# --- the other adapter writers of this package: convert --base, attach, split ---------------------
+
+def test_converted_and_attached_adapters_merge(tmp_path: Path) -> None:
+    from anemoi_ckpt.adapters import attach
+
+    net = _net()
+    base = _base(tmp_path, net)
+    pm = _peft(net, **CASES["dora"])
+    folder = tmp_path / "peft"
+    pm.save_pretrained(folder)
+    converted = tmp_path / "converted.anc"
+    anemoi_ckpt.convert(folder, converted, base=base)
+    expected = pm.merge_and_unload().state_dict()
+    _assert_close(Path(merge(base, [converted], tmp_path / "a.anc", durable=False).path), expected)
+    carrier = attach(base, converted, tmp_path / "carrier.anc", name="dora")
+    _assert_close(Path(merge(base, [carrier], tmp_path / "b.anc", durable=False).path), expected)
+
+
+def _finetune(net: Net) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    for k in ("model.processor.proc.0.attention.lin_q.weight", "model.processor.proc.1.mlp.0.weight"):
+        out, inp = sd[k].shape
+        sd[k] += torch.randn(out, 2, generator=g) @ torch.randn(2, inp, generator=g) * 0.1  # rank 2
+    sd["model.processor.proc.0.attention.lin_q.bias"] += 0.5
+    sd["model.processor.proc.1.norm.weight"] *= 1.5
+    return sd
+
+
+@pytest.mark.parametrize("kind", ["lora", "delta"])
+def test_merge_of_split_reproduces_the_finetune(tmp_path: Path, kind: str) -> None:
+    from anemoi_ckpt.adapters import split
+
+    net = _net()
+    base = _base(tmp_path, net)
+    ft_sd = _finetune(net)
+    ft = tmp_path / "ft.anc"
+    anemoi_ckpt.save(ft, ft_sd)
+    adapter = tmp_path / "split.anc"
+    split(ft, base, adapter, **({"rank": 4} if kind == "lora" else {}), kind=kind)
+    report = merge(base, [adapter], tmp_path / "again.anc", durable=False)
+    with anemoi_ckpt.open(report.path) as ck:
+        for k, want in ft_sd.items():
+            got = ck.tensors()[k]
+            if kind == "delta":
+                assert torch.equal(got, want), k
+            else:
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

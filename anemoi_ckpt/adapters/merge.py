@@ -12,6 +12,10 @@ the reader's zero-copy view; a targeted one gets, in fp32,
 
 and is cast back to the base dtype. Memory: the largest tensor and its deltas.
 
+One DoRA adapter at weight 1 equals PEFT's ``merge_and_unload``. Several DoRA adapters on one
+tensor are combined through their additive forms, each normalised on the unmerged weight; PEFT's
+sequential merge instead rescales the already-merged weight, which depends on the order.
+
 ``weights`` has one entry per adapter (a file holding several adapters counts each). DARE draws
 from a generator seeded by ``sha256(seed, tensor name)``, so results do not depend on the order
 or the set of tensors written.
@@ -20,6 +24,7 @@ or the set of tensors written.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -71,6 +76,8 @@ def _check_options(method: str, n: int, weights: Sequence[float] | None, density
     if method not in maths.COMBINE:
         raise UsageError(None, f"unknown merge method {method!r}", f"one of {', '.join(maths.COMBINE)}")
     w = [1.0] * n if weights is None else [float(x) for x in weights]
+    if not all(math.isfinite(x) for x in w):
+        raise UsageError(None, f"weights must be finite numbers, not {w}")
     if len(w) != n:
         raise UsageError(None, f"{len(w)} weights for {n} adapters", "give one weight per adapter")
     if method in maths.NEEDS_DENSITY:
