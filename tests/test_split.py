@@ -328,6 +328,8 @@ def test_split_refusals_write_nothing(pair, tmp_path: Path) -> None:
         (UsageError, "one of the inputs", dict(finetuned=ft_p, base=base_p, out=base_p, rank=2)),
         (UsageError, "same file", dict(finetuned=ft_p, base=ft_p, rank=2)),
         (UsageError, "randomized", dict(finetuned=ft_p, base=base_p, energy=0.9, randomized=True)),
+        (UsageError, "no changed tensor can be factorised",
+         dict(finetuned=ft_p, base=base_p, rank=2, targets=["nothing*"])),
     ]
     for exc, match, kw in cases:
         with pytest.raises(exc, match=match):

@@ -254,6 +254,9 @@ def split(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os.P
                 _set_metadata(w, {"adapter": info})
                 return report
             lora = [n for n in changed if is_target(n, ft_t[n].dtype, ft_t[n].shape, targets)]
+            if not lora:  # PEFT refuses a LoRA config that targets no module
+                raise UsageError(finetuned, "no changed tensor can be factorised (none is a 2-D "
+                                 "float weight matching the targets)", "write a freeze delta with --delta")
             lora_modules = {_module_of(n)[0] for n in lora}
             how, mts, lora_bias = plan_whole([n for n in changed if n not in set(lora)],
                                              lora_modules, names)
@@ -288,9 +291,9 @@ def split(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os.P
             changed_set = set(changed)
             report.whole = {n: h for n, h in how.items() if n in changed_set}
             report.modules_to_save = mts
-            if not ranks and not mts and not delta_names:
-                raise UsageError(finetuned, "every changed tensor differs from the base only in "
-                                 "its bytes, not its values", "nothing to split")
+            if not ranks:
+                raise UsageError(finetuned, "every factorisable tensor differs from the base only "
+                                 "in its bytes, not its values", "write a freeze delta with --delta")
             if delta_names:
                 info["delta_section"] = DELTA_SECTION
                 warnings.warn(f"{len(delta_names)} changed tensor(s) PEFT cannot express (e.g. "
