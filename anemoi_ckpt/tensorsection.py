@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import threading
 import zlib
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from . import hashing, stformat
@@ -21,7 +23,7 @@ from .tensorio import FlatTensor
 from .zipwrite import ZipWriter
 
 #: Bytes of tensors kept alive only for a pending hash; beyond it the writer waits.
-_MAX_PENDING = 512 << 20
+_MAX_PENDING = 64 << 20
 
 
 class TensorSectionWriter:
@@ -47,7 +49,9 @@ class TensorSectionWriter:
     def names(self) -> set[str]:
         return set(self._futures) | set(self.aliases)
 
-    def add(self, name: str, flat: FlatTensor) -> None:
+    def add(self, name: str, flat: FlatTensor, release: Callable[[], None] | None = None) -> None:
+        """``release`` runs once the tensor's bytes are written, hashed and CRC'd: a source
+        backed by a file map drops those pages then, so memory stays bounded."""
         n = flat.nbytes
         self._entries.append(stformat.TensorEntry(name, flat.code, flat.shape, self._pos, self._pos + n))
         # The future holds ``flat`` (and so the tensor) until its digest is done.
@@ -57,6 +61,8 @@ class TensorSectionWriter:
         if n:
             self._stream.write(flat.data, crc=False)
             crc_fut = self._crc_last = self._crc_pool.submit(self._crc_step, flat.data)
+        if release is not None:
+            _after_all([f for f in (fut, crc_fut) if f is not None], release)
         self._pending.append((fut, crc_fut, n))
         self._pending_bytes += n
         self._pos += n
@@ -94,6 +100,21 @@ class TensorSectionWriter:
                             aliases=dict(self.aliases))
         digest = hashing.section_digest(header_hex, (digests[e.name] for e in self._entries))
         return table, digest, size, list(self._entries)
+
+
+def _after_all(futures: list[Any], fn: Callable[[], None]) -> None:
+    """Call ``fn`` once every future is done (from whichever thread finishes last)."""
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def done(_: Any) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            fn()
+    for f in futures:
+        f.add_done_callback(done)
 
 
 def exact_reserve(specs: list[tuple[str, str, tuple[int, ...], int]]) -> int:

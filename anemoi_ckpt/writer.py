@@ -6,7 +6,7 @@ import json
 import os
 import re
 import uuid as uuidlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
@@ -71,7 +71,7 @@ class Writer:
         self.metadata = Metadata.model_validate(metadata if metadata is not None else {})
         self._parents = resolve_parents(parents)  # before writing: a bad parent fails fast
         self._operation = operation or "create"
-        self._parameters = dict(parameters or {})
+        self._parameters = dict(parameters or {})  # update_parameters() may add to it before close
         self._reserve = header_reserve
         self._keep_anemoi_uuid = keep_anemoi_uuid
         # code_versions, dataset, run_id, config_digest of the lineage record, where known
@@ -113,7 +113,8 @@ class Writer:
         self._open = (section, tw)
         return tw
 
-    def add(self, name: str, tensor: torch.Tensor, *, section: str = "weights") -> None:
+    def add(self, name: str, tensor: torch.Tensor, *, section: str = "weights",
+            release: Callable[[], None] | None = None) -> None:
         """Add one tensor. A tensor sharing storage with one already added (same view) becomes an
         alias of it instead of a second copy."""
         if not isinstance(name, str) or not name or name == "__metadata__":
@@ -125,7 +126,7 @@ class Writer:
         if target is not None:
             tw.add_alias(name, target)
             return
-        tw.add(name, flatten(tensor))
+        tw.add(name, flatten(tensor), release)
 
     def add_alias(self, alias: str, target: str, *, section: str = "weights") -> None:
         tw = self._section(section)
@@ -184,6 +185,10 @@ class Writer:
         for member, arr in iter_arrays(arrays, md["supporting_arrays_paths"]):
             self._member(member[len(prefix):], memoryview(arr).cast("B"), "supporting-array",
                          S.NUMPY_RAW, required=False)
+
+    def update_parameters(self, **values: Any) -> None:
+        """Lineage parameters known only while writing (a source hash computed alongside)."""
+        self._parameters.update(values)
 
     def add_document(self, name: str, obj: Any) -> None:
         """A named JSON document beside the tensors (``training-state``, ``hyper-parameters``):

@@ -62,6 +62,7 @@ def open_anc(path: str) -> Source:
                  ck.close, documents=documents, extra_metadata=extra or None)
     src.parents = [ck]  # lineage: this file, with its ancestors' records copied in
     src.digests = digests
+    src.mapping = ck._mm
     return src
 
 

@@ -8,8 +8,8 @@ new file and compared byte for byte with the source; the report says how many ma
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from collections.abc import Iterable
 from typing import Any
@@ -50,14 +50,14 @@ class ConvertReport:
 
 
 def file_sha256(path: str) -> str:
+    """sha256 of a file through one reused buffer: no map, so the pages read count against the
+    page cache, not this process's memory (hashlib releases the GIL per chunk)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size:
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                for start in range(0, len(mm), 64 << 20):  # hashlib releases the GIL per chunk
-                    h.update(view[start:start + (64 << 20)])
-                view.release()
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
@@ -125,8 +125,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         report = ConvertReport(source=source.path, output=None if dry_run else os.fspath(dst),
                                format=source.format, kind=kind,
                                # an .anc vouches for itself (uuid, content id, digests)
-                               source_sha256=None if source.format == "anc" or dry_run
-                               else file_sha256(source.path),
+                               source_sha256=None,
                                anemoi_metadata=source.anemoi_metadata is not None,
                                details=source.details)
         renames, anemoi_md, applied = _translate(source, keep_layout)
@@ -151,6 +150,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             report.tensors = {sec: len(specs) for sec, specs in plan.targets.items()}
             report.bytes = sum(spec[3] for specs in plan.targets.values() for spec in specs)
             return report
+        # The source's sha256 (for lineage) is computed beside the conversion, not before it.
+        hasher = None if source.format == "anc" else ThreadPoolExecutor(1)
+        sha_future = hasher.submit(file_sha256, source.path) if hasher else None
         parents: list[Any] = list(source.parents)
         if not parents and anemoi_md and isinstance(anemoi_md.get("uuid"), str):
             parents.append({"uuid": anemoi_md["uuid"], "role": "source"})
@@ -175,6 +177,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             write_tensors(source, plan, w, report)
             for name, doc in documents.items():
                 w.add_document(name, rename_in_document(doc, weights_renames))
+            if sha_future is not None:
+                report.source_sha256 = sha_future.result()
+                w.update_parameters(source_sha256=report.source_sha256)
+        if hasher is not None:
+            hasher.shutdown()
         report.uuid, report.content_id = w.uuid, w.content_id
         try:
             report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst))

@@ -42,6 +42,8 @@ class Source:
     parents: list[Any] = field(default_factory=list)
     #: per section, name -> sha256 the source already vouches for (an .anc's manifest)
     digests: dict[str, dict[str, str]] | None = None
+    #: the file map the tensors are views of (zero-copy sources): written pages are released
+    mapping: Any = None
     #: extra keys for the output's metadata.json (e.g. a PEFT adapter's config), validated as Metadata
     extra_metadata: dict[str, Any] | None = None
 
@@ -111,7 +113,8 @@ def _open_torch(path: str, options: Mapping[str, Any] | None = None) -> Source:
 
     sections = {sec: (lambda refs=refs: ((n, materialise(v)) for n, v in refs.items()))
                 for sec, refs in groups.items()}
-    return Source(path, fmt, kind, sections, specs, md, arrays, details, ck.close, documents=documents)
+    return Source(path, fmt, kind, sections, specs, md, arrays, details, ck.close, documents=documents,
+                  mapping=ck._mm)
 
 
 def _spec(name: str, value: Any, path: str) -> tuple[str, str, tuple[int, ...], int]:
