@@ -333,3 +333,29 @@ def test_random_adapters_round_trip(r: int, alpha: int, rslora: bool, seed: int,
         assert_same_folder(d / "lora", d / "out")
         assert (d / "lora" / "adapter_model.safetensors").read_bytes() == \
             (d / "out" / "adapter_model.safetensors").read_bytes()
+
+
+def test_export_and_attach_pick_and_refuse(tmp_path: Path) -> None:
+    base = save_base(tmp_path / "base.anc")
+    make_adapter(tmp_path / "lora", target_modules=["lin"])
+    anemoi_ckpt.convert(tmp_path / "lora", tmp_path / "lora.anc", base=base)
+    one = attach(base, tmp_path / "lora.anc", tmp_path / "one.anc", name="alps")
+    # an adapter attached to one model file attaches to another (picked by name)
+    again = attach(base, one, tmp_path / "again.anc", name="alps")
+    export_peft(again, tmp_path / "again")
+    assert_same_folder(tmp_path / "lora", tmp_path / "again")
+    with pytest.raises(UsageError, match="no adapter 'nope'"):
+        export_peft(one, tmp_path / "x", name="nope")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="not a folder"):
+        export_peft(one, tmp_path / "file")
+    # a freeze delta is listed but has no PEFT form
+    with anemoi_ckpt.open(base) as b:
+        anemoi_ckpt.save(tmp_path / "delta.anc", {"lin.bias": torch.zeros(6)}, kind="delta",
+                         metadata={"adapter": {"name": "d", "base_content_id": b.content_id,
+                                               "base_uuid": b.uuid}})
+    (row,) = list_adapters(tmp_path / "delta.anc")
+    assert (row["name"], row["kind"], row["tensors"], row["bytes"], row["peft_type"]) == ("d", "delta", 1, 24, None)
+    with pytest.raises(UsageError, match="freeze delta"):
+        export_peft(tmp_path / "delta.anc", tmp_path / "d")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "d").exists()

@@ -74,6 +74,8 @@ def export_peft(path_or_ck: str | os.PathLike | Checkpoint, out_dir: str | os.Pa
             raise UsageError(ck.path, f"{ad.name!r} is a freeze delta, not a PEFT adapter",
                              "only LoRA-style adapters export to a PEFT folder")
         out = os.fspath(out_dir)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(out, "exists and is not a folder", "PEFT adapters are folders")
         _write(ad, out)
         return {"name": ad.name, "dir": out, "tensors": len(ad.tensors),
                 "files": [WEIGHTS_NAME, CONFIG_NAME], "base_content_id": ad.base_content_id}
