@@ -135,8 +135,8 @@ def _drop_behind(lag: int = 8) -> None:
     recent: deque[tuple[int, int]] = deque()
     original = wmod.Writer.add
 
-    def add(self: Any, name: str, tensor: Any, *, section: str = "weights") -> None:
-        original(self, name, tensor, section=section)
+    def add(self: Any, name: str, tensor: Any, **kw: Any) -> None:
+        original(self, name, tensor, **kw)
         n = tensor.numel() * tensor.element_size()
         if n:
             recent.append((tensor.data_ptr(), n))
@@ -332,7 +332,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         prep = {k: v for k, v in prep.items() if not k.startswith("peak_")}
         meta.write_text(json.dumps({"key": key, "bytes": src.stat().st_size, "prepare": prep}))
     largest = prep["largest_tensor_bytes"]
-    print(f"  anemoi_ckpt {prep['anemoi_ckpt']}; " + ", ".join(f"{k} {v}" for k, v in prep["versions"].items()))
+    imported = subprocess.run([sys.executable, "-c", "import anemoi_ckpt, os; "
+                               "print(anemoi_ckpt.__version__, 'from', os.path.dirname(anemoi_ckpt.__file__))"],
+                              capture_output=True, text=True, cwd=HERE).stdout.strip()
+    print(f"  measured children import anemoi_ckpt {imported}; "
+          + ", ".join(f"{k} {v}" for k, v in prep["versions"].items()))
     print(f"  {src.name}: {src.stat().st_size / GB:.3f} GB (training; {prep['parameters']} parameters, "
           f"weights {prep['weight_bytes'] / GB:.3f} GB + exp_avg + exp_avg_sq); largest tensor "
           f"{largest / MB:.1f} MB")
