@@ -174,7 +174,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
                        parents=parents, lineage_info=lineage_info(anemoi_md),
                        operation="convert", parameters=params, durable=durable, progress=bar,
                        keep_anemoi_uuid=True) as w:
-            write_tensors(source, plan, w, report)
+            origins = write_tensors(source, plan, w, report)
             for name, doc in documents.items():
                 w.add_document(name, rename_in_document(doc, weights_renames))
             if sha_future is not None:
@@ -184,7 +184,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             hasher.shutdown()
         report.uuid, report.content_id = w.uuid, w.content_id
         try:
-            report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst))
+            report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst), origins)
         except BaseException:
             # The file is committed but does not hold the source's bytes: never leave it behind.
             os.unlink(os.fspath(dst))

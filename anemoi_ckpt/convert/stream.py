@@ -33,6 +33,22 @@ def _cast(t: Any, code: str | None) -> Any:
     return t.to(CODE_TO_TORCH[code])
 
 
+def _span(mapping: Any, base: int, t: Any) -> tuple[int, int] | None:
+    """(offset, nbytes) in the source file of a contiguous tensor viewing the map, else None."""
+    if mapping is None or not t.is_contiguous():
+        return None
+    start, n = t.data_ptr() - base, t.numel() * t.element_size()
+    return (start, n) if n and 0 <= start and start + n <= len(mapping) else None
+
+
+def _map_base(mapping: Any) -> int:
+    if mapping is None or not len(mapping):
+        return 0
+    import torch
+
+    return torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr()
+
+
 def _releaser(mapping: Any) -> Callable[[Any], Callable[[], None] | None]:
     """For a tensor viewing ``mapping``, a callable dropping its pages from this process (the
     file keeps them; a later read faults them back in). None for tensors elsewhere (copies)."""
@@ -60,8 +76,12 @@ def _releaser(mapping: Any) -> Callable[[Any], Callable[[], None] | None]:
     return for_tensor
 
 
-def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> None:
+def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[tuple[str, str], tuple[int, int]]:
+    """Write every routed tensor; returns where each uncast tensor lies in the source file
+    (target section, name) -> (offset, nbytes), for the byte comparison after writing."""
     releaser = _releaser(source.mapping)
+    base = _map_base(source.mapping)
+    origins: dict[tuple[str, str], tuple[int, int]] = {}
     order = plan.order(list(source.sections))
     pending: dict[str, list[tuple[str, Any]]] = {}
     # Views over the source map stay referenced so that a later view of the same storage is
@@ -84,6 +104,9 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> None:
             written.append(own)
         for name, t in tensors():
             target, new, code = plan.route[(section, name)]
+            span = _span(source.mapping, base, t) if code is None else None
+            if span is not None:
+                origins[(target, new)] = span
             t = _cast(t, code)
             if zero_copy:
                 keep_alive.append(t)
@@ -103,14 +126,18 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> None:
             for new, t in pending.pop(target):
                 put(target, new, t)
     keep_alive.clear()
+    return origins
 
 
-def verify_output(source: Source, plan: WritePlan, dst: str) -> tuple[int, str]:
+def verify_output(source: Source, plan: WritePlan, dst: str,
+                  origins: dict[tuple[str, str], tuple[int, int]] | None = None) -> tuple[int, str]:
     """(tensors proven, how): by digest when the source vouches for every routed tensor's
-    bytes and none was cast, else by reading back and comparing bytes."""
+    bytes and none was cast, else by reading back: bytes compared with the source file's where
+    the tensor lies whole in it, sha256 against the writer's digest of the source bytes
+    otherwise (non-contiguous views, casts, copied sources)."""
     if source.digests is not None and all(code is None for _, _, code in plan.route.values()):
         return _by_digest(source, plan, dst), "digest"
-    return _by_reread(plan, dst), "re-read"
+    return _by_reread(plan, dst, source.path, origins or {}), "re-read"
 
 
 def _by_digest(source: Source, plan: WritePlan, dst: str) -> int:
@@ -129,7 +156,8 @@ def _by_digest(source: Source, plan: WritePlan, dst: str) -> int:
     return len(plan.route)
 
 
-def _by_reread(plan: WritePlan, dst: str) -> int:
+def _by_reread(plan: WritePlan, dst: str, src: str = "",
+               origins: dict[tuple[str, str], tuple[int, int]] | None = None) -> int:
     """Read every tensor of ``dst`` back from disk (plain reads: no map, no memory growth) and
     check its sha256 against the digest the writer took of the source's bytes, and its name,
     dtype and shape against the plan."""
@@ -153,22 +181,44 @@ def _by_reread(plan: WritePlan, dst: str) -> int:
                 raise IntegrityError(dst, f"tensor {name!r} is missing or has the wrong dtype/shape "
                                      "after writing", section=target)
             if stored == name:
-                jobs.append((target, name, base + e.begin, e.nbytes, table.digests[name]))
+                origin = (origins or {}).get((target, name))
+                jobs.append((target, name, base + e.begin, e.nbytes, table.digests[name], origin))
     fd = os.open(dst, os.O_RDONLY)
+    sfd = os.open(src, os.O_RDONLY) if src and os.path.isfile(src) and origins else -1
+
+    def check(job: tuple[Any, ...]) -> bool:
+        _, _, offset, n, want, origin = job
+        if origin is not None and sfd >= 0 and origin[1] == n:
+            return _pread_equal(fd, offset, sfd, origin[0], n)  # memcmp: cheaper than a hash
+        return _pread_sha(fd, offset, n) == want
+
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            for (target, name, _, _, want), got in zip(jobs, pool.map(lambda j: _pread_sha(fd, j[2], j[3]), jobs)):
-                if got != want:
-                    raise IntegrityError(dst, f"tensor {name!r} read back differs from the source",
-                                         "the disk returned different bytes; retry", section=target)
+            for job, ok in zip(jobs, pool.map(check, jobs)):
+                if not ok:
+                    raise IntegrityError(dst, f"tensor {job[1]!r} read back differs from the source",
+                                         "the disk returned different bytes; retry", section=job[0])
     finally:
         os.close(fd)
+        if sfd >= 0:
+            os.close(sfd)
     return sum(len(specs) for specs in plan.targets.values())
 
 
 def _header_len(ck: Any, rel: str) -> int:
     m = ck._members[rel]
     return int.from_bytes(bytes(ck._mm[m.data_offset:m.data_offset + 8]), "little")
+
+
+def _pread_equal(fd: int, offset: int, sfd: int, soffset: int, n: int) -> bool:
+    chunk = 8 << 20
+    while n > 0:
+        k = min(chunk, n)
+        a, b = os.pread(fd, k, offset), os.pread(sfd, k, soffset)
+        if len(a) != k or a != b:
+            return False
+        offset, soffset, n = offset + k, soffset + k, n - k
+    return True
 
 
 def _pread_sha(fd: int, offset: int, n: int) -> str:
