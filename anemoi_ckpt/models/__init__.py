@@ -1,0 +1,1 @@
+"""Built-in models that ``.anc`` files can name as builders (see :mod:`anemoi_ckpt.builders`)."""
