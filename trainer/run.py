@@ -1,0 +1,203 @@
+"""``finetune`` and ``pretrain``: check everything, train with Lightning, write the ``.anc`` outputs.
+
+Every refusal (config, base, globs, LoRA targets, resume file) happens in :func:`prepare`, before
+Lightning starts and before anything is written. Files a run writes, in ``output.dir``:
+
+- ``<name>.anc``: the result - an adapter (lora), a delta (freeze) or a full inference file (full,
+  pretrain); see :mod:`.outputs`;
+- ``<name>-train.anc``: the training state at the end (resume or fork from it);
+- ``checkpoints/step-<N>.anc`` every ``checkpoint_every_n_steps`` (the latest is kept).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..builders import BuilderError, build_model
+from ..errors import AncError
+from ..reader import Checkpoint, open_checkpoint
+from .config import ConfigError, TrainConfig
+from .data import SyntheticWeather
+from .methods import apply_method, check_method
+
+VAL_SEED_OFFSET = 10_000  # the validation set's seed: data.seed + this (never the training samples)
+
+
+@dataclass
+class RunResult:
+    output: str
+    kind: str
+    training_file: str
+    method: str
+    steps: int
+    train_loss: float | None
+    val_loss: float
+    val_loss_before: float
+    checkpoints: list[str] = field(default_factory=list)
+    resume: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig
+    model: torch.nn.Module          # built, weights loaded, method NOT applied yet
+    spec: dict[str, Any]
+    base: Checkpoint | None
+    resume: Checkpoint | None
+    train_data: SyntheticWeather
+    val_data: SyntheticWeather
+
+
+def _training_info(ck: Checkpoint) -> dict[str, Any]:
+    info = (ck.metadata.model_extra or {}).get("training")
+    if ck.kind != "training" or not isinstance(info, dict):
+        raise ConfigError(ck.path, f"is not a training file written by this trainer (kind {ck.kind})",
+                          "resume from the <name>-train.anc or checkpoints/step-<N>.anc of a run")
+    return info
+
+
+def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain: bool) -> Prepared:
+    """Open, build and check everything a run needs; raise one-line errors, write nothing."""
+    if pretrain and cfg.model is None:
+        raise ConfigError(None, "pretrain needs model: {builder, config} (not base)")
+    if not pretrain and cfg.base is None:
+        raise ConfigError(None, "finetune needs base: the .anc to fine-tune (model: is for pretrain)")
+    if pretrain and cfg.method != "full":
+        raise ConfigError(None, f"pretrain trains every parameter; method {cfg.method!r} is for finetune")
+    base = None
+    torch.manual_seed(cfg.seed)  # the initial weights of a pretrain
+    if cfg.base is not None:
+        base = stack.enter_context(open_checkpoint(cfg.base))
+        if base.kind not in ("inference", "training"):
+            raise ConfigError(base.path, f"the base is a {base.kind} file, not a model")
+        if base.metadata.model is None:
+            raise ConfigError(base.path, "the base has no model builder (metadata.model)",
+                              "save it with metadata={'model': {'builder': ..., 'config': ...}}")
+        spec = base.metadata.model.model_dump(mode="json")
+        try:
+            model = build_model(spec)
+        except BuilderError as e:
+            raise ConfigError(base.path, e.what, e.hint) from None
+        base.load_into(model, strict=True)
+    else:
+        assert cfg.model is not None
+        spec = cfg.model.model_dump(mode="json")
+        try:
+            model = build_model(spec)
+        except BuilderError as e:
+            raise ConfigError(None, f"model: {e.what}", e.hint) from None
+    spec = getattr(model, "anemoi_ckpt_spec", spec)
+    grid = {"n_lat": getattr(model, "n_lat", None), "n_lon": getattr(model, "n_lon", None)}
+    for key, have in grid.items():
+        want = getattr(cfg.data, key)
+        if want is not None and have is not None and want != have:
+            raise ConfigError(None, f"data.{key}: {want}, but the model's grid has {key} {have}")
+    n_vars = getattr(model, "n_vars", None)
+    if None in (grid["n_lat"], grid["n_lon"], n_vars):
+        raise ConfigError(None, f"the model ({spec.get('builder')}) has no n_lat/n_lon/n_vars: the "
+                          "synthetic dataset cannot be laid on its grid")
+    check_method(model, cfg)
+    resume_ck = None
+    if resume is not None:
+        resume_ck = stack.enter_context(open_checkpoint(resume))
+        info = _training_info(resume_ck)
+        if base is not None and info.get("base_content_id") != base.content_id:
+            raise ConfigError(resume_ck.path, f"was trained from base content id {info.get('base_content_id')}, "
+                              f"not {base.content_id} ({os.path.basename(base.path)})",
+                              "resume with the base it was trained from")
+        if base is None and info.get("model") != spec:
+            raise ConfigError(resume_ck.path, "was trained on another model configuration")
+        if info.get("method") != cfg.method and "lora" in (info.get("method"), cfg.method):
+            raise ConfigError(resume_ck.path, f"was trained with method {info.get('method')!r}, "
+                              f"not {cfg.method!r}", "LoRA and non-LoRA runs hold different tensors")
+    d = cfg.data
+    dims = dict(n_lat=grid["n_lat"], n_lon=grid["n_lon"], n_vars=n_vars)
+    if d.n_samples < d.batch_size:
+        raise ConfigError(None, f"data.n_samples ({d.n_samples}) is smaller than data.batch_size ({d.batch_size})")
+    train = SyntheticWeather(d.n_samples, seed=d.seed, variant=d.variant, **dims)
+    val = SyntheticWeather(d.val_samples, seed=d.seed + VAL_SEED_OFFSET, variant="regional", **dims)
+    return Prepared(cfg, model, spec, base, resume_ck, train, val)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: SyntheticWeather, batch_size: int = 16) -> float:
+    """Mean squared error of the predicted next state over ``data`` (eval mode, no dropout)."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        xs, ys = zip(*(data[i] for i in range(start, min(len(data), start + batch_size))))
+        x, y = torch.stack(xs), torch.stack(ys)
+        total += float(torch.nn.functional.mse_loss(model(x), y, reduction="sum"))
+        count += y.numel()
+    model.train(was)
+    return total / count
+
+
+def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False,
+          accelerator: str = "auto", durable: bool = True) -> RunResult:
+    """Run a fine-tune (or a pretrain) end to end; see the module docstring for what it writes."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from .checkpoint_io import AncCheckpointIO
+    from .module import BatchLoader, WeatherModule
+    from .outputs import training_metadata, write_output
+
+    with ExitStack() as stack:
+        prep = prepare(cfg, resume, stack, pretrain=pretrain)
+        val_before = evaluate(prep.model, prep.val_data)
+        out_dir = os.path.abspath(cfg.output.dir)
+        name = cfg.run_name
+        out_path = os.path.join(out_dir, f"{name}.anc")
+        train_path = os.path.join(out_dir, f"{name}-train.anc")
+        for p in (out_path, train_path):
+            if os.path.isdir(p):
+                raise ConfigError(p, "is a folder; output.name must name a file")
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        base_model = prep.model
+        model = apply_method(base_model, cfg)
+        loader = BatchLoader(prep.train_data, cfg.data.batch_size, cfg.data.seed)
+        total = cfg.schedule.total_steps or cfg.max_steps or (cfg.max_epochs or 1) * len(loader)
+        module = WeatherModule(model, cfg, loader, total)
+        operation = "pretrain" if pretrain else "fine-tune"
+        parents: list[Any] = [c for c in (prep.base, prep.resume) if c is not None]
+        params = {"method": cfg.method, "config": cfg.to_json(), "config_digest": cfg.digest(),
+                  "dataset": prep.train_data.describe()}
+        io = AncCheckpointIO(module.trainable_names, metadata=training_metadata(prep, model),
+                             parents=parents, operation=operation, parameters=params, durable=durable)
+        callbacks = []
+        if cfg.checkpoint_every_n_steps:
+            ckpt = ModelCheckpoint(dirpath=os.path.join(out_dir, "checkpoints"), filename="step-{step}",
+                                   every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1,
+                                   monitor="step", mode="max", auto_insert_metric_name=False,
+                                   save_on_train_epoch_end=False)
+            ckpt.FILE_EXTENSION = ".anc"
+            callbacks.append(ckpt)
+        trainer = L.Trainer(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                            strategy=cfg.strategy, precision=cfg.precision,  # type: ignore[arg-type]
+                            max_steps=cfg.max_steps or -1, max_epochs=cfg.max_epochs,
+                            plugins=[io], callbacks=callbacks, enable_checkpointing=bool(callbacks),
+                            logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            deterministic=True, num_sanity_val_steps=0, default_root_dir=out_dir)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+        trainer.save_checkpoint(train_path)
+        val_after = evaluate(model, prep.val_data)
+        result = RunResult(out_path, "", train_path, cfg.method, int(trainer.global_step),
+                           module.last_loss, val_after, val_before,
+                           checkpoints=[p for p in io.written if p != train_path and os.path.exists(p)],
+                           resume=dict(io.last_load))
+        if trainer.is_global_zero:
+            lineage = {**params, "steps": result.steps, "train_loss": result.train_loss,
+                       "val_loss": val_after, "val_loss_before": val_before,
+                       "val_dataset": prep.val_data.describe()}
+            result.kind = write_output(prep, model, out_path, operation, lineage, durable=durable)
+        return result
