@@ -128,6 +128,30 @@ class Writer:
             return
         tw.add(name, flatten(tensor), release)
 
+    def copy_section(self, section: str, source: Any, name: str | None = None) -> None:
+        """Copy tensor section ``name`` of the open ``.anc`` ``source`` unchanged as ``section``:
+        the member's bytes by the kernel, its CRC, digests and alias table from the source. The
+        caller proves the copy (re-reading it against those digests) after the commit."""
+        name = name or section
+        if not S.valid_section_name(section) or section in self._closed_names:
+            raise ValueError(f"section {section!r} is invalid or already written")
+        self._close_section()
+        rel = S.tensor_section_path(name)
+        sec, member = source.section(rel), source._members[rel]
+        with self._zw.open_member(f"{self._root}/{S.tensor_section_path(section)}") as m:
+            m.copy_from(source._fh.fileno(), member.data_offset, member.size, member.crc)
+        if self._progress:
+            self._progress.update(member.size)
+        self._closed_names.add(section)
+        self._sections.append(Section(path=S.tensor_section_path(section), role=S.tensor_role(section),
+                                      name=section, required=True, size=member.size, digest=sec.digest,
+                                      media_type=S.SAFETENSORS, tensors=sec.tensors))
+        if section == "weights":
+            table, entries = sec.tensors, source.tensors(name).entries
+            by_name = {n: (e.dtype, tuple(e.shape), table.digests[n]) for n, e in entries.items()}
+            by_name.update({a: by_name[t] for a, t in table.aliases.items()})
+            self._weights_entries = [(n, c, s, d) for n, (c, s, d) in by_name.items()]
+
     def add_alias(self, alias: str, target: str, *, section: str = "weights") -> None:
         tw = self._section(section)
         if target not in tw.names:

@@ -30,6 +30,7 @@ def training_anc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_anc_to_inference(training_anc: Path, tmp_path: Path) -> None:
     report = convert(training_anc, tmp_path / "inference.anc", to="inference")
     assert report.kind == "inference" and report.verified_by == "digest" and report.weights == "raw"
+    assert report.copied == ["weights", "graph"]  # unchanged sections: copied by the kernel, re-hashed
     with anemoi_ckpt.open(training_anc) as tr, anemoi_ckpt.open(tmp_path / "inference.anc") as inf:
         assert inf.kind == "inference" and inf.tensor_sections() == ["weights", "graph"]
         assert inf.documents() == []

@@ -63,6 +63,7 @@ def open_anc(path: str) -> Source:
     src.parents = [ck]  # lineage: this file, with its ancestors' records copied in
     src.digests = digests
     src.mapping = ck._mm
+    src.anc = ck
     return src
 
 

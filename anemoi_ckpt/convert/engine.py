@@ -44,6 +44,8 @@ class ConvertReport:
     weights: str | None = None
     #: how the output was proven: "re-read" (bytes compared) or "digest" (an .anc source's sha256)
     verified_by: str | None = None
+    #: tensor sections copied as bytes from an .anc source (unchanged), then re-read and hashed
+    copied: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,7 +186,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             hasher.shutdown()
         report.uuid, report.content_id = w.uuid, w.content_id
         try:
-            report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst), origins)
+            report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst), origins,
+                                                                report.copied)
         except BaseException:
             # The file is committed but does not hold the source's bytes: never leave it behind.
             os.unlink(os.fspath(dst))

@@ -44,6 +44,8 @@ class Source:
     digests: dict[str, dict[str, str]] | None = None
     #: the file map the tensors are views of (zero-copy sources): written pages are released
     mapping: Any = None
+    #: the open Checkpoint of an .anc source: unchanged sections are copied as bytes
+    anc: Any = None
     #: extra keys for the output's metadata.json (e.g. a PEFT adapter's config), validated as Metadata
     extra_metadata: dict[str, Any] | None = None
 

@@ -76,9 +76,19 @@ def _releaser(mapping: Any) -> Callable[[Any], Callable[[], None] | None]:
     return for_tensor
 
 
+def _copyable(source: Source, plan: WritePlan, section: str) -> bool:
+    """An .anc section written unchanged (same names, no cast, nothing moved in or out) is
+    copied as bytes instead of streamed tensor by tensor."""
+    if source.anc is None:
+        return False
+    routes = [(key, dest) for key, dest in plan.route.items() if key[0] == section or dest[0] == section]
+    return bool(routes) and all(key[0] == section and dest == (section, key[1], None) for key, dest in routes)
+
+
 def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[tuple[str, str], tuple[int, int]]:
     """Write every routed tensor; returns where each uncast tensor lies in the source file
-    (target section, name) -> (offset, nbytes), for the byte comparison after writing."""
+    (target section, name) -> (offset, nbytes), for the byte comparison after writing.
+    Sections copied whole are listed in ``report.copied``."""
     releaser = _releaser(source.mapping)
     base = _map_base(source.mapping)
     origins: dict[tuple[str, str], tuple[int, int]] = {}
@@ -99,6 +109,14 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[
         if not any(s == section for s, _ in plan.route):
             continue  # dropped (e.g. optimizer state for an inference file): never read
         own = plan.route_target(section)
+        if own == section and own not in written and _copyable(source, plan, section):
+            w.copy_section(section, source.anc)
+            written.append(section)
+            n = sum(1 for key in plan.route if key[0] == section)
+            report.tensors[section] = report.tensors.get(section, 0) + n
+            report.bytes += sum(spec[3] for spec in plan.targets[section])
+            report.copied.append(section)
+            continue
         if own is not None and own not in written:
             w.begin_section(own, plan.targets[own])
             written.append(own)
@@ -130,13 +148,19 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[
 
 
 def verify_output(source: Source, plan: WritePlan, dst: str,
-                  origins: dict[tuple[str, str], tuple[int, int]] | None = None) -> tuple[int, str]:
+                  origins: dict[tuple[str, str], tuple[int, int]] | None = None,
+                  copied: list[str] | None = None) -> tuple[int, str]:
     """(tensors proven, how): by digest when the source vouches for every routed tensor's
     bytes and none was cast, else by reading back: bytes compared with the source file's where
     the tensor lies whole in it, sha256 against the writer's digest of the source bytes
     otherwise (non-contiguous views, casts, copied sources)."""
     if source.digests is not None and all(code is None for _, _, code in plan.route.values()):
-        return _by_digest(source, plan, dst), "digest"
+        n = _by_digest(source, plan, dst)
+        if copied:
+            # Copied sections carry the source's digests: re-read their bytes against them.
+            sub = WritePlan(targets={s: plan.targets[s] for s in copied})
+            _by_reread(sub, dst)
+        return n, "digest"
     return _by_reread(plan, dst, source.path, origins or {}), "re-read"
 
 
