@@ -37,6 +37,27 @@ MAX_JSON = 256 << 20
 _READER_MAJOR = Version(FORMAT_VERSION).major
 
 
+def _advise(mm: mmap.mmap, how: str, start: int = 0, length: int | None = None) -> None:
+    flag = getattr(mmap, how, None)
+    if flag is None or not hasattr(mm, "madvise"):
+        return
+    try:
+        if length is None:
+            mm.madvise(flag)
+        else:
+            lo = start // mmap.PAGESIZE * mmap.PAGESIZE
+            mm.madvise(flag, lo, min(len(mm), start + length) - lo)
+    except (OSError, ValueError):
+        pass  # advice only
+
+
+def prefetch(mm: mmap.mmap | None, start: int, length: int) -> None:
+    """Ask the kernel to read ``[start, start+length)`` ahead (a tensor or section about to be
+    read whole), overriding the map's no-readahead default for that range."""
+    if mm is not None and length > 0:
+        _advise(mm, "MADV_WILLNEED", start, length)
+
+
 class UnknownSectionWarning(UserWarning):
     """An optional section written by a newer anemoi-ckpt was ignored."""
 
@@ -75,6 +96,10 @@ class Checkpoint:
         size = os.fstat(self._fh.fileno()).st_size
         self.root, self._members = read_directory(self.path, self._fh, size)  # has a manifest
         self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        # No readahead by default: the kernel would read megabytes around every small JSON or
+        # header we touch (inspect and lineage must read almost nothing of a large file).
+        # Tensor and verify reads ask for their own ranges with prefetch().
+        _advise(self._mm, "MADV_RANDOM")
         member = self._members[S.MANIFEST_PATH]
         raw = self._member_bytes(member, S.MANIFEST_PATH)
         # The manifest holds every other digest but has none of its own: the zip CRC-32 is what
@@ -240,6 +265,7 @@ class Checkpoint:
                     raise ValueError(f"supporting array {path!r} is not a section of this file")
                 member = self._members[rel]
                 dtype, shape = check_leaf(trail, entry, member.size)
+                prefetch(self._mm, member.data_offset, member.size)
                 count = member.size // dtype.itemsize if dtype.itemsize else 0
                 arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=member.data_offset)
                 flat[trail] = arr.reshape(shape)

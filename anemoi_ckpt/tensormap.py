@@ -67,6 +67,9 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
             if self._ck._mm is None:
                 raise UsageError(self._ck.path, "the checkpoint is closed", "read tensors inside "
                                  "'with anemoi_ckpt.open(...)', or keep the tensors you need")
+            from .reader import prefetch
+
+            prefetch(self._ck._mm, self._offsets[target], e.nbytes)
             t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
             self._cache[target] = t
         return t

@@ -57,6 +57,9 @@ _DECODE: dict[str, Callable[["Checkpoint"], object]] = {
 
 
 def _slice_digest(mm: Any, start: int, end: int) -> str:
+    from .reader import prefetch
+
+    prefetch(mm, start, end - start)
     view = memoryview(mm)[start:end]
     try:
         return hashing.sha256_hex(view)
