@@ -60,5 +60,6 @@ def main() -> None:
     from . import split_cmds  # noqa: F401
     from . import adapter_cmds  # noqa: F401
     from . import diff_cmd  # noqa: F401
+    from . import train_cmds  # noqa: F401
 
     cli(prog_name=PROG)

@@ -1,0 +1,78 @@
+"""``anemoi-ckpt finetune`` and ``anemoi-ckpt pretrain``: the bundled Lightning trainer.
+
+The trainer (Lightning, PEFT, PyYAML) is the optional ``trainer`` extra: it is imported inside the
+commands, and its absence is one line saying what to install.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import UsageError, one_line
+from .main import cli, emit_json
+
+
+def _trainer() -> Any:
+    try:
+        import lightning  # noqa: F401
+        import peft  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError as e:
+        raise UsageError(None, f"the trainer needs {e.name or 'lightning, peft and pyyaml'}",
+                         "install anemoi-ckpt[trainer]") from None
+    from ..trainer import config, run
+
+    return config, run
+
+
+def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool, pretrain: bool) -> None:
+    config, run = _trainer()
+    cfg = config.load_config(config_file, sets)
+    try:
+        result = run.train(cfg, resume=resume, pretrain=pretrain)
+    except config.ConfigError as e:
+        if e.file is None:  # a key of the configuration: say which file it is in
+            raise config.ConfigError(config_file, e.what, e.hint) from None
+        raise
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    click.echo(one_line(f"{result.kind}: {result.output}"))
+    click.echo(one_line(f"training state: {result.training_file}"))
+    loss = "n/a" if result.train_loss is None else f"{result.train_loss:.6f}"
+    click.echo(f"steps {result.steps}  train loss {loss}  regional val loss "
+               f"{result.val_loss_before:.6f} -> {result.val_loss:.6f}")
+    for what in ("dropped", "fresh"):
+        names = result.resume.get(what) or []
+        if names:
+            click.echo(one_line(f"optimizer state {what}: {', '.join(names)}"))
+
+
+_SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                    help="Override a config value (dotted key, YAML value), e.g. --set lora.r=16.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+@cli.command("finetune")
+@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path())
+@_SET
+@click.option("--resume", type=click.Path(), help="Continue (or fork) from a training .anc.")
+@_JSON
+def finetune_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool) -> None:
+    """Fine-tune the base .anc of CONFIG.yaml; `method: full | lora | freeze` picks the mode.
+
+    Writes <output.dir>/<name>.anc (an adapter, a delta or a full model) and <name>-train.anc
+    (the training state, for --resume)."""
+    _run(config_file, sets, resume, as_json, pretrain=False)
+
+
+@cli.command("pretrain")
+@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path())
+@_SET
+@click.option("--resume", type=click.Path(), help="Continue from a training .anc.")
+@_JSON
+def pretrain_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool) -> None:
+    """Train the model of CONFIG.yaml (`model: {builder, config}`) from scratch; writes a full .anc."""
+    _run(config_file, sets, resume, as_json, pretrain=True)
