@@ -13,14 +13,13 @@ its sha256 must equal the digest of the source bytes: a bit-for-bit comparison b
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from ..reader import open_checkpoint
+from ..mapped import map_base, page_releaser
 from .plan import WritePlan
 from .sources import Source
 
@@ -41,41 +40,6 @@ def _span(mapping: Any, base: int, t: Any) -> tuple[int, int] | None:
     return (start, n) if n and 0 <= start and start + n <= len(mapping) else None
 
 
-def _map_base(mapping: Any) -> int:
-    if mapping is None or not len(mapping):
-        return 0
-    import torch
-
-    return torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr()
-
-
-def _releaser(mapping: Any) -> Callable[[Any], Callable[[], None] | None]:
-    """For a tensor viewing ``mapping``, a callable dropping its pages from this process (the
-    file keeps them; a later read faults them back in). None for tensors elsewhere (copies)."""
-    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return lambda t: None
-    import torch
-
-    size = len(mapping)
-    base = torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr() if size else 0
-    page = mmap.PAGESIZE
-
-    def for_tensor(t: Any) -> Callable[[], None] | None:
-        start = t.data_ptr() - base
-        n = t.numel() * t.element_size()
-        if n == 0 or start < 0 or start + n > size:
-            return None
-        lo, hi = start // page * page, -(-(start + n) // page) * page
-
-        def release() -> None:
-            try:
-                mapping.madvise(mmap.MADV_DONTNEED, lo, min(hi, size) - lo)
-            except (OSError, ValueError):
-                pass  # closed or not releasable: memory is only an optimisation here
-        return release
-    return for_tensor
-
-
 def _copyable(source: Source, plan: WritePlan, section: str) -> bool:
     """An .anc section written unchanged (same names, no cast, nothing moved in or out) is
     copied as bytes instead of streamed tensor by tensor."""
@@ -89,8 +53,8 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[
     """Write every routed tensor; returns where each uncast tensor lies in the source file
     (target section, name) -> (offset, nbytes), for the byte comparison after writing.
     Sections copied whole are listed in ``report.copied``."""
-    releaser = _releaser(source.mapping)
-    base = _map_base(source.mapping)
+    releaser = page_releaser(source.mapping)
+    base = map_base(source.mapping)
     origins: dict[tuple[str, str], tuple[int, int]] = {}
     order = plan.order(list(source.sections))
     pending: dict[str, list[tuple[str, Any]]] = {}

@@ -1,0 +1,48 @@
+"""Releasing the pages of a read-only file map as a stream moves past them.
+
+Tensors read zero-copy from a map count in the process's resident memory once touched, even
+though the kernel could drop them at will. A writer that has written and hashed a tensor asks
+for its pages to be unmapped (``MADV_DONTNEED``): memory stays near the tensors in flight, and a
+later read of the same range simply faults the bytes back in from the file.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Callable
+from typing import Any
+
+
+def map_base(mapping: Any) -> int:
+    if mapping is None or not len(mapping):
+        return 0
+    import torch
+
+    return torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr()
+
+
+def page_releaser(mapping: Any) -> Callable[[Any], Callable[[], None] | None]:
+    """For a tensor viewing ``mapping``, a callable dropping its pages from this process (the
+    file keeps them; a later read faults them back in). None for tensors elsewhere (copies)."""
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return lambda t: None
+    import torch
+
+    size = len(mapping)
+    base = torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr() if size else 0
+    page = mmap.PAGESIZE
+
+    def for_tensor(t: Any) -> Callable[[], None] | None:
+        start = t.data_ptr() - base
+        n = t.numel() * t.element_size()
+        if n == 0 or start < 0 or start + n > size:
+            return None
+        lo, hi = start // page * page, -(-(start + n) // page) * page
+
+        def release() -> None:
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED, lo, min(hi, size) - lo)
+            except (OSError, ValueError):
+                pass  # closed or not releasable: memory is only an optimisation here
+        return release
+    return for_tensor
