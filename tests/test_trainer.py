@@ -208,6 +208,9 @@ def test_resume_from_another_base_is_refused(base: Path, tmp_path: Path) -> None
     line = _refused(out, lambda: _run(other, out, "lora", 2, resume=first.training_file))
     assert "base content id" in line
     assert "method" in _refused(out, lambda: _run(base, out, "full", 2, resume=first.training_file))
+    line = _refused(out, lambda: _run(base, out, "lora", 2, resume=first.training_file,
+                                      lora={"targets": ["processor.proc.*.attention.lin_q"]}))
+    assert "does not fit the model" in line
     assert "not a training file" in _refused(out, lambda: _run(base, out, "lora", 2, resume=str(base)))
 
 

@@ -127,6 +127,18 @@ def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain:
     return Prepared(cfg, model, spec, base, resume_ck, train, val)
 
 
+def _check_resume_fits(ck: Checkpoint, model: torch.nn.Module) -> None:
+    """The resume file's weights must be this model's tensors (same LoRA targets, same model),
+    else Lightning's strict load would fail after setup with a multi-line error."""
+    have, want = set(ck.tensors("weights")), set(model.state_dict())
+    if have != want:
+        extra, missing = sorted(have - want), sorted(want - have)
+        what = (f"{len(missing)} tensor(s) of the model are missing (e.g. {missing[0]!r})" if missing
+                else f"{len(extra)} tensor(s) are not in the model (e.g. {extra[0]!r})")
+        raise ConfigError(ck.path, f"does not fit the model being trained: {what}",
+                          "resume with the same model and LoRA targets")
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: SyntheticWeather, batch_size: int = 16) -> float:
     """Mean squared error of the predicted next state over ``data`` (eval mode, no dropout)."""
@@ -165,6 +177,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         base_model = prep.model
         model = apply_method(base_model, cfg)
+        if prep.resume is not None:
+            _check_resume_fits(prep.resume, model)
         loader = BatchLoader(prep.train_data, cfg.data.batch_size, cfg.data.seed)
         total = cfg.schedule.total_steps or cfg.max_steps or (cfg.max_epochs or 1) * len(loader)
         module = WeatherModule(model, cfg, loader, total)
