@@ -23,7 +23,7 @@ from .tensorio import FlatTensor
 from .zipwrite import ZipWriter
 
 #: Bytes of tensors kept alive only for a pending hash; beyond it the writer waits.
-_MAX_PENDING = 64 << 20
+_MAX_PENDING = 32 << 20  # in-flight bytes awaiting hash/CRC: bounds memory, keeps the overlap
 
 
 class TensorSectionWriter:
