@@ -41,6 +41,16 @@ class BatchLoader:
             raise ValueError(f"data.n_samples ({n}) is smaller than data.batch_size ({batch_size})")
         self.n_batches = n // batch_size  # drop the last partial batch: every step sees batch_size
         self.epoch, self.pos = 0, 0        # the next batch to train on
+        self.rank, self.world_size = 0, 1  # this process's slice of every (global) batch
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Hand this process the ``rank``-th of ``world_size`` equal, disjoint slices of every
+        batch: the global batch (``batch_size`` samples, their order) is the single-process one,
+        whatever the number of processes, and the position (``state_dict``) is shared by all."""
+        if self.batch_size % world_size:
+            raise ValueError(f"data.batch_size ({self.batch_size}) is not divisible by the "
+                             f"{world_size} processes (devices x num_nodes)")
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.n_batches
@@ -55,6 +65,8 @@ class BatchLoader:
         order = self._order(self.epoch)
         for b in range(self.pos, self.n_batches):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            part = self.batch_size // self.world_size
+            idx = idx[self.rank * part:(self.rank + 1) * part]
             xs, ys = zip(*(self.dataset[i] for i in idx))
             yield torch.stack(xs), torch.stack(ys)
 
@@ -117,6 +129,22 @@ class WeatherModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def setup(self, stage: str) -> None:
+        # in every process, once it knows its rank: its slice of every global batch
+        if self.loader is not None and self.trainer.world_size > 1:
+            self.loader.shard(self.trainer.global_rank, self.trainer.world_size)
+
+    def configure_model(self) -> None:
+        """FSDP2 (``strategy: fsdp``, Lightning's ModelParallelStrategy sets the device mesh):
+        shard the model over the data-parallel dimension. A no-op for every other strategy."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None:
+            return
+        from .sharding import is_sharded, shard_model
+
+        if not is_sharded(self.model):
+            shard_model(self.model, mesh["data_parallel"])
+
     def trainable_names(self) -> list[str]:
         """Trainable parameters named relative to the model (no ``model.`` prefix), in the
         order :meth:`configure_optimizers` hands them to the optimizer."""
@@ -125,7 +153,10 @@ class WeatherModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = nn.functional.mse_loss(self.model(x), y)
-        self.last_loss = float(loss.detach())
+        if self.trainer.world_size > 1:  # the global batch's loss (equal slices: mean of means)
+            self.last_loss = float(self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean"))
+        else:
+            self.last_loss = float(loss.detach())
         if self.loader is not None:
             self.loader.advance()
         return loss

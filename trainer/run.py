@@ -122,6 +122,10 @@ def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain:
     dims = dict(n_lat=grid["n_lat"], n_lon=grid["n_lon"], n_vars=n_vars)
     if d.n_samples < d.batch_size:
         raise ConfigError(None, f"data.n_samples ({d.n_samples}) is smaller than data.batch_size ({d.batch_size})")
+    world = cfg.devices * cfg.num_nodes
+    if d.batch_size % world:
+        raise ConfigError(None, f"data.batch_size ({d.batch_size}) is the global batch: it must divide "
+                          f"evenly over the {world} processes (devices {cfg.devices} x num_nodes {cfg.num_nodes})")
     train = SyntheticWeather(d.n_samples, seed=d.seed, variant=d.variant, **dims)
     val = SyntheticWeather(d.val_samples, seed=d.seed + VAL_SEED_OFFSET, variant="regional", **dims)
     return Prepared(cfg, model, spec, base, resume_ck, train, val)
@@ -163,6 +167,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
     from .checkpoint_io import AncCheckpointIO
     from .module import BatchLoader, WeatherModule
     from .outputs import training_metadata, write_output
+    from .sharding import gather_full_state, is_sharded, make_strategy
 
     with ExitStack() as stack:
         prep = prepare(cfg, resume, stack, pretrain=pretrain)
@@ -197,15 +202,22 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
             ckpt.FILE_EXTENSION = ".anc"
             callbacks.append(ckpt)
         trainer = L.Trainer(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-                            strategy=cfg.strategy, precision=cfg.precision,  # type: ignore[arg-type]
+                            strategy=make_strategy(cfg.strategy, cfg.devices * cfg.num_nodes), precision=cfg.precision,  # type: ignore[arg-type]
                             max_steps=cfg.max_steps or -1, max_epochs=cfg.max_epochs,
                             plugins=[io], callbacks=callbacks, enable_checkpointing=bool(callbacks),
                             logger=False, enable_progress_bar=False, enable_model_summary=False,
                             deterministic=True, num_sanity_val_steps=0, default_root_dir=out_dir)
         trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
-        trainer.save_checkpoint(train_path)
-        val_after = evaluate(model, prep.val_data)
-        result = RunResult(out_path, "", train_path, cfg.method, int(trainer.global_step),
+        trainer.save_checkpoint(train_path)  # every rank: a collective under fsdp; rank 0 writes
+        if is_sharded(model):
+            # FSDP2: gather the full state (a collective) and rebuild the plain model on rank 0
+            full = gather_full_state(model)
+            if trainer.is_global_zero:
+                model = apply_method(build_model(prep.spec), cfg)
+                model.load_state_dict(full, strict=True)
+        val_after = evaluate(model, prep.val_data) if trainer.is_global_zero or not is_sharded(model) else float("nan")
+        kind = {"lora": "adapter", "freeze": "delta"}.get(cfg.method, "inference")  # rank 0 writes it
+        result = RunResult(out_path, kind, train_path, cfg.method, int(trainer.global_step),
                            module.last_loss, val_after, val_before,
                            checkpoints=[p for p in io.written if p != train_path and os.path.exists(p)],
                            resume=dict(io.last_load))
