@@ -124,7 +124,11 @@ class WeatherModule(L.LightningModule):
         self.loader = loader
         self.total_steps = total_steps
         self.last_loss: float | None = None
-        self._rng_to_restore: dict[str, Any] | None = None
+        # The RNG states training starts from: those of now (after the seed and the LoRA init),
+        # put back in on_train_start - a resume replaces them with the saved ones. Lightning's
+        # DDP/FSDP setup re-seeds every process (reset_seed) in between; restoring them keeps
+        # a sharded run on the single-process stream.
+        self._rng_to_restore: dict[str, Any] | None = rng_states()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
