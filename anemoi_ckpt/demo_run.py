@@ -3,7 +3,10 @@
 It walks the main job: write an ``.anc``, verify it; scan and convert a legacy pickle of the
 same weights; then an anemoi-style Lightning training checkpoint (real ``torch.save``, real
 AdamW state) converted to a training ``.anc``, that to an inference ``.anc``, and the lineage
-linking the three. Each step checks what it claims and the demo fails loudly otherwise.
+linking the three; a regional fine-tune split into a LoRA adapter and merged back. Then the
+training story (:mod:`.demo_train`): pretrain a base, fine-tune it with LoRA and with freeze on
+regional data, merge, convert to inference, lineage and losses. Each step checks what it claims
+and the demo fails loudly otherwise.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ def _append_anemoi_metadata(path: Path, md: dict[str, Any], arrays: dict[str, An
 
 
 def run_demo(out_dir: str | Path, *, channels: int = 64, layers: int = 2,
-             echo: Callable[[str], None] = print) -> bool:
-    """Run every step; returns False if any check failed (the CLI then exits 1)."""
+             echo: Callable[[str], None] = print, train: bool = True) -> bool:
+    """Run every step; returns False if any check failed (the CLI then exits 1). ``train``: also
+    run the training story (:mod:`.demo_train`; skipped with one line without the trainer extra)."""
     import torch
 
     from .convert import convert
@@ -113,4 +117,50 @@ def run_demo(out_dir: str | Path, *, channels: int = 64, layers: int = 2,
     with open_checkpoint(out / "inference-last.anc") as ck:
         echo("\n7. anemoi-ckpt lineage " + str(out / "inference-last.anc") + "\n" + render_tree(ck.lineage))
         ok &= len(ck.lineage.records) == 2
+    ok &= _adapter_demo(out, path, weights, md, arrays, echo)
+    if train:
+        from .demo_train import run_training_story
+
+        ok &= run_training_story(out, echo, first_step=12) is not False
     return bool(ok)
+
+
+def _adapter_demo(out: Path, base: Path, weights: dict[str, Any], md: dict[str, Any],
+                  arrays: dict[str, Any], echo: Callable[[str], None]) -> bool:
+    """A regional fine-tune (rank-4 updates of the attention projections, a retuned bias),
+    split into a small LoRA adapter, merged back, and diffed against the fine-tune."""
+    import torch
+
+    from .adapters import merge, split
+    from .diff import diff
+    from .lineage_view import render_tree
+    from .reader import open_checkpoint
+    from .writer import save
+
+    g = torch.Generator().manual_seed(7)
+    tuned = dict(weights)
+    for name, t in weights.items():
+        if ".attention.lin_" in name and name.endswith(".weight"):
+            a, b = torch.randn(4, t.shape[1], generator=g), torch.randn(t.shape[0], 4, generator=g)
+            tuned[name] = t + 0.01 * (b @ a)
+    bias = "model.decoder.data.node_data_extractor.1.bias"
+    tuned[bias] = weights[bias] + 0.1
+    finetuned = out / "regional-finetune.anc"
+    save(finetuned, tuned, anemoi_metadata=md, supporting_arrays=arrays, parents=[base],
+         sections={"graph": demo_graph()},
+         metadata={"description": "anemoi-ckpt demo model", "user": {"demo": True}},
+         operation="fine-tune", parameters={"domain": "demo region", "method": "full"})
+    report = split(finetuned, base, out / "regional-lora.anc", rank=4)
+    size = (out / "regional-lora.anc").stat().st_size
+    worst = max(m.rel_error for m in report.modules)
+    echo(f"\n8. split {finetuned.name} --base {base.name} --rank 4 -> regional-lora.anc "
+         f"({size / 1024:.0f} KiB, {len(report.modules)} LoRA modules, {len(report.whole)} tensor(s) "
+         f"kept whole, worst relative error {worst:.1e})")
+    merged = merge(base, [out / "regional-lora.anc"], out / "demo-model+regional-lora.anc")
+    echo(f"9. merge {base.name} regional-lora.anc -> {Path(merged.path).name}")
+    d = diff(finetuned, merged.path, atol=1e-5)
+    echo(f"10. diff regional-finetune.anc {Path(merged.path).name} --atol 1e-5: "
+         + ("identical within tolerance" if d.identical else "DIFFERENT"))
+    with open_checkpoint(merged.path) as ck:
+        echo("\n11. anemoi-ckpt lineage " + Path(merged.path).name + "\n" + render_tree(ck.lineage))
+    return d.identical
