@@ -95,6 +95,17 @@ def run_training_story(out: Path, echo: Callable[[str], None] = print, *, first_
         echo("\n" + SKIP_LINE)
         return None
     _quiet()
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread beats OpenMP's per-op syncing, most of all on a busy machine
+    try:
+        return _story(out, echo, first_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _story(out: Path, echo: Callable[[str], None], first_step: int) -> bool:
     from .adapters import merge
     from .builders import model_from_checkpoint
     from .convert import convert
