@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 import anemoi_ckpt
 from anemoi_ckpt.schema_export import schema_documents
@@ -86,6 +89,25 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "0 would execute code" in out.stdout and "content id equals the demo model's" in out.stdout
     with anemoi_ckpt.open(tmp_path / "d" / "demo-model.anc") as ck:
         assert ck.verify().ok and ck.tensors("graph")
+    # The training story (needs the trainer extra, which the dev extra includes).
+    pytest.importorskip("lightning")
+    pytest.importorskip("peft")
+    text = out.stdout
+    assert "pretrain reference/tiny" in text and "-> base.anc (inference" in text
+    assert "-> lora.anc (adapter" in text and "-> freeze.anc (delta" in text
+    assert "-> base+lora.anc" in text and "weights equal base+freeze.anc's" in text
+    assert "LoRA fine-tune: regional val loss" in text and "lower than the base: yes" in text
+    assert "freeze fine-tune: regional val loss" in text and "lower than the base: NO" not in text
+    assert "training story checks: 8/8 passed" in text
+    for prefix in ("LoRA fine-tune:", "freeze fine-tune:"):  # fine-tuned val loss < the base's
+        line = next(x for x in text.splitlines() if x.startswith(prefix))
+        before, after = (float(v) for v in re.findall(r"regional val loss ([0-9.]+) -> ([0-9.]+)", line)[0])
+        assert after < before
+    train = tmp_path / "d" / "train"
+    with anemoi_ckpt.open(train / "lora.anc") as ck:
+        assert ck.kind == "adapter"
+    with anemoi_ckpt.open(train / "base+lora.anc") as ck:
+        assert ck.kind == "inference" and len(ck.lineage.records) >= 3
 
 
 def test_usage_errors_exit_2() -> None:
