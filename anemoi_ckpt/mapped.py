@@ -46,3 +46,39 @@ def page_releaser(mapping: Any) -> Callable[[Any], Callable[[], None] | None]:
                 pass  # closed or not releasable: memory is only an optimisation here
         return release
     return for_tensor
+
+
+class BufferPool:
+    """A few reusable fp32 buffers for tensors computed on the way to the writer (merge).
+
+    A computed tensor is held by the writer until its hash and CRC are done; with fresh
+    allocations each time, the C allocator keeps the freed multi-megabyte blocks and memory
+    grows with the model. Here a buffer returns to the pool from the writer's ``release``
+    callback, so at most ``count`` of them exist: memory stays near ``count`` x largest tensor.
+    """
+
+    def __init__(self, nbytes: int, count: int = 3) -> None:
+        import threading
+
+        import torch
+
+        self._free = [torch.empty(max(1, nbytes // 4), dtype=torch.float32) for _ in range(count)]
+        self._cond = threading.Condition()
+
+    def take(self, shape: tuple[int, ...]) -> tuple[Any, Callable[[], None]]:
+        """(an fp32 tensor of ``shape`` over a free buffer, the callable that gives it back)."""
+        import math
+
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            buf = self._free.pop()
+        n = math.prod(shape)
+        if n > buf.numel():
+            raise ValueError(f"buffer of {buf.numel()} floats cannot hold {list(shape)}")
+
+        def give_back() -> None:
+            with self._cond:
+                self._free.append(buf)
+                self._cond.notify()
+        return buf[:n].view(shape), give_back

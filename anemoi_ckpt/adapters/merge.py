@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from ..errors import FormatError, UsageError
-from ..mapped import page_releaser
+from ..dtypes import ITEMSIZE
+from ..mapped import BufferPool, page_releaser
 from ..progress import Progress
 from ..reader import Checkpoint, open_checkpoint
 from ..writer import Writer
@@ -188,8 +189,10 @@ def _plan_replace(base: Checkpoint, ad: Adapter, i: int, name: str, t: torch.Ten
 
 
 def _merged(W: torch.Tensor, name: str, plan: _Plan, w: list[float], method: str,
-            density: float | None, rank: int | None, seed: int) -> torch.Tensor:
-    """One output tensor: replacements, then the combined LoRA deltas, in fp32."""
+            density: float | None, rank: int | None, seed: int,
+            into: torch.Tensor | None = None) -> torch.Tensor:
+    """One output tensor: replacements, then the combined LoRA deltas, in fp32 (computed in
+    ``into``, an fp32 buffer of W's shape, when given and the fused path applies)."""
     W32 = W.to(torch.float32)
     if name in plan.replace:
         i, R = plan.replace[name]
@@ -199,7 +202,10 @@ def _merged(W: torch.Tensor, name: str, plan: _Plan, w: list[float], method: str
     if changes and method == "linear" and all(hasattr(fn, "lora") for _, fn in changes):
         # W + Σ wᵢ·sᵢ·(Bᵢ@Aᵢ) as fused multiply-adds into one fp32 copy of W: no full-size
         # temporaries (the unfused sum makes four per adapter); same maths, fp32 rounding.
-        out = W32.clone() if W32.data_ptr() == W.data_ptr() else W32
+        if into is not None:
+            out = into.copy_(W32)
+        else:
+            out = W32.clone() if W32.data_ptr() == W.data_ptr() else W32
         for i, fn in changes:
             A, B, s, fifo = fn.lora
             A32, B32 = A.to(torch.float32), B.to(torch.float32)
@@ -283,6 +289,10 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
 
 
+def _itemsize(code: str) -> int:
+    return ITEMSIZE.get(code, 4) or 1
+
+
 def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: _Plan, dst: str,
            w: list[float], method: str, density: float | None, seed: int, rank: int | None,
            forced: list[str], durable: bool, progress: bool | None) -> MergeReport:
@@ -307,15 +317,23 @@ def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: 
                    progress=bar, durable=durable) as wr:
         wr.begin_section("weights", specs)
         release = page_releaser(base._mm)
+        largest = max((bt.entries[n].nbytes * 4 // max(1, _itemsize(bt.entries[n].dtype))
+                       for n in changed if n in bt.entries), default=4)
+        pool = BufferPool(largest)
         for name in bt.entries:
             view = bt[name]
             t = view
             if name in plan.replace or name in plan.deltas:
-                t = _merged(view, name, plan, w, method, density, rank, seed)
+                into, give_back = pool.take(tuple(view.shape))
+                t = _merged(view, name, plan, w, method, density, rank, seed, into)
                 free = release(view)  # the base's pages are no longer needed once read
                 if free is not None:
                     free()
-                wr.add(name, t)
+                if t.data_ptr() == into.data_ptr():
+                    wr.add(name, t, release=give_back)  # the buffer returns once hashed
+                else:
+                    give_back()
+                    wr.add(name, t)
             else:
                 wr.add(name, t, release=release(view))
         for alias, target in bt.aliases.items():
