@@ -54,16 +54,19 @@ def verify(file: str, as_json: bool, progress: bool | None) -> None:
 
 
 @cli.command()
+@click.argument("folder", required=False, type=click.Path(file_okay=False))
 @click.option("--out-dir", "-o", type=click.Path(file_okay=False), default="demo-output",
-              show_default=True, help="Folder for the demo files.")
+              show_default=True, help="Folder for the demo files (or give it as FOLDER).")
 @click.option("--channels", type=int, default=64, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True)
-def demo(out_dir: str, channels: int, layers: int) -> None:
-    """Build a demo anemoi-shaped checkpoint, verify it, convert a legacy pickle and a Lightning
-    training checkpoint, make the inference file from it and show the lineage."""
+def demo(folder: str | None, out_dir: str, channels: int, layers: int) -> None:
+    """The whole story on built-in data, files left in FOLDER: write and verify an .anc; scan and
+    convert a legacy pickle and a Lightning checkpoint; make the inference file on demand; split a
+    fine-tune into a LoRA adapter, merge it back and diff; pretrain a base, fine-tune it with LoRA
+    and with freeze, merge, convert, and show the lineage and the losses."""
     from ..demo_run import run_demo
 
-    if not run_demo(out_dir, channels=channels, layers=layers, echo=click.echo):
+    if not run_demo(folder or out_dir, channels=channels, layers=layers, echo=click.echo):
         raise SystemExit(1)
 
 

@@ -27,8 +27,20 @@ def _trainer() -> Any:
     return config, run
 
 
+def _quiet_lightning() -> None:
+    """Lightning's banners (GPU/TPU availability, tips, weights_only notes) are noise on a
+    terminal running one command: keep its warnings and errors, drop its info lines."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
 def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool, pretrain: bool) -> None:
     config, run = _trainer()
+    _quiet_lightning()
     cfg = config.load_config(config_file, sets)
     try:
         result = run.train(cfg, resume=resume, pretrain=pretrain)
