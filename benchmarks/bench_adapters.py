@@ -324,28 +324,7 @@ CHILD_MODES = {
 
 
 def child_main(args: argparse.Namespace) -> None:
-    # Everything any mode imports, first: the post-import RSS is the same baseline for all rows.
-    import anemoi_ckpt  # noqa: F401
-    import anemoi_ckpt.adapters  # noqa: F401
-    import anemoi_ckpt.convert  # noqa: F401
-    import anemoi_ckpt.writer  # noqa: F401
-    import numpy  # noqa: F401
-    import peft  # noqa: F401
-    import safetensors.torch  # noqa: F401
-    import torch
-
-    try:
-        import anemoi_ckpt.tensorio  # noqa: F401
-    except ImportError:
-        pass
-    torch.set_num_threads(os.cpu_count() or 1)
-    if args.child == "prepare":
-        print(json.dumps(child_prepare(args)))
-        return
-    post_import = bc.proc_status()["VmRSS"]
-    seconds, extra = CHILD_MODES[args.child](args)
-    print(json.dumps({"seconds": seconds, "rss_post_import": post_import,
-                      "peak_rss_self": bc.peak_rss(), "extra": extra}))
+    bcv.child_entry(args, CHILD_MODES, child_prepare, ("anemoi_ckpt.adapters", "peft"))
 
 
 # --------------------------------------------------------------------------------------------

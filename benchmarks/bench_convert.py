@@ -278,27 +278,29 @@ CHILD_MODES = {
 }
 
 
-def child_main(args: argparse.Namespace) -> None:
-    # Everything any mode imports, first: the post-import RSS is the same baseline for all rows.
-    import anemoi_ckpt  # noqa: F401
-    import anemoi_ckpt.convert  # noqa: F401
-    import anemoi_ckpt.writer  # noqa: F401
-    import numpy  # noqa: F401
-    import safetensors.torch  # noqa: F401
+def child_entry(args: argparse.Namespace, modes: dict[str, Any], prepare: Any,
+                imports: tuple[str, ...] = ()) -> None:
+    """The body of every benchmark child process: import everything any mode needs first (so the
+    post-import RSS is the same baseline for all rows), then run one mode and print its JSON."""
+    import importlib
+
     import torch
 
-    try:
-        import anemoi_ckpt.tensorio  # noqa: F401
-    except ImportError:
-        pass
+    for name in ("anemoi_ckpt", "anemoi_ckpt.convert", "anemoi_ckpt.reader", "anemoi_ckpt.writer",
+                 "anemoi_ckpt.tensorio", "numpy", "safetensors.torch", *imports):
+        importlib.import_module(name)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.child == "prepare":
-        print(json.dumps(child_prepare(args)))
+        print(json.dumps(prepare(args)))
         return
     post_import = bc.proc_status()["VmRSS"]
-    seconds, extra = CHILD_MODES[args.child](args)
+    seconds, extra = modes[args.child](args)
     print(json.dumps({"seconds": seconds, "rss_post_import": post_import,
                       "peak_rss_self": bc.peak_rss(), "extra": extra}))
+
+
+def child_main(args: argparse.Namespace) -> None:
+    child_entry(args, CHILD_MODES, child_prepare)
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import bench_container as bc  # noqa: E402  (quiet machine, eviction, page-cache helpers)
+import bench_container as bc  # noqa: E402
+import bench_convert as bcv  # noqa: E402  (the shared child-process entry)  (quiet machine, eviction, page-cache helpers)
 import bench_convert as bconv  # noqa: E402  (AIFS-like weights layout, process memory watcher)
 
 DEFAULT_WORKDIR = HERE / "out"
@@ -201,25 +202,7 @@ CHILD_MODES = {
 
 
 def child_main(args: argparse.Namespace) -> None:
-    import anemoi_ckpt  # noqa: F401
-    import anemoi_ckpt.convert  # noqa: F401
-    import anemoi_ckpt.reader  # noqa: F401
-    import anemoi_ckpt.writer  # noqa: F401
-    import numpy  # noqa: F401
-    import safetensors.torch  # noqa: F401
-    import torch
-
-    try:
-        import anemoi_ckpt.tensorio  # noqa: F401
-    except ImportError:
-        pass
-    torch.set_num_threads(os.cpu_count() or 1)
-    if args.child == "prepare":
-        print(json.dumps(child_prepare(args)))
-        return
-    post_import = bc.proc_status()["VmRSS"]
-    seconds, extra = CHILD_MODES[args.child](args)
-    print(json.dumps({"seconds": seconds, "rss_post_import": post_import, "extra": extra}))
+    bcv.child_entry(args, CHILD_MODES, child_prepare, ())
 
 
 # --------------------------------------------------------------------------------------------
