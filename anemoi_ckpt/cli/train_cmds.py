@@ -6,6 +6,8 @@ commands, and its absence is one line saying what to install.
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 import click
@@ -27,14 +29,30 @@ def _trainer() -> Any:
     return config, run
 
 
+class _DropBanners(logging.Filter):
+    """Lightning's info banners (accelerator availability, product tips, weights_only notes) are
+    noise on a terminal running one command; its warnings, errors and the distributed start-up
+    lines ("Starting with N processes") stay."""
+
+    NOISE = ("GPU available", "TPU available", "HPU available", "💡", "Tip:", "weights_only",
+             "`Trainer.fit` stopped", "LOCAL_RANK")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        message = record.getMessage()
+        return not any(word in message for word in self.NOISE)
+
+
 def _quiet_lightning() -> None:
-    """Lightning's banners (GPU/TPU availability, tips, weights_only notes) are noise on a
-    terminal running one command: keep its warnings and errors, drop its info lines."""
-    import logging
     import warnings
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    import lightning  # noqa: F401 - its handlers exist once it is imported
+
+    drop = _DropBanners()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(drop)
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
