@@ -35,6 +35,9 @@ def pick(adapters: list[Adapter], name: str | None, path: str) -> Adapter:
     if name is None:
         if len(adapters) == 1:
             return adapters[0]
+        if not adapters:
+            raise UsageError(path, "holds no adapter", "export an adapter .anc, or a file with "
+                             "adapters attached ('anemoi-ckpt adapters list' shows them)")
         raise UsageError(path, f"holds {len(adapters)} adapters ({names})", "pick one with --name")
     for a in adapters:
         if a.name == name:

@@ -272,6 +272,9 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
         forced = []
         for ad in ads:
             if ad.base_content_id != base_ck.content_id:
+                if not force and ad.base_content_id is None:
+                    raise FormatError(ad.source[0], f"adapter {ad.name!r} records no base",
+                                      "convert it with --base BASE, or use --force to merge it anyway")
                 if not force:
                     raise FormatError(ad.source[0], f"adapter {ad.name!r} was made for base content id "
                                       f"{ad.base_content_id}, not {base_ck.content_id} "
