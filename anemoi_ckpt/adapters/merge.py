@@ -287,8 +287,10 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
                 plan.applied.append([_plan_replace(base_ck, ad, i, n, t, plan) for n, t in ad.tensors.items()])
             else:
                 plan.applied.append(_plan_lora(base_ck, ad, i, plan))
+        # Pages are released behind the stream only on a map this call opened: a caller's open
+        # Checkpoint may hold tensors it changed in place (private copy-on-write pages).
         return _write(base_ck, files, ads, plan, dst, w, method, density, seed, rank, forced,
-                      durable, progress)
+                      durable, progress, release_pages=not isinstance(base, Checkpoint))
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
 
 
@@ -298,7 +300,8 @@ def _itemsize(code: str) -> int:
 
 def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: _Plan, dst: str,
            w: list[float], method: str, density: float | None, seed: int, rank: int | None,
-           forced: list[str], durable: bool, progress: bool | None) -> MergeReport:
+           forced: list[str], durable: bool, progress: bool | None,
+           release_pages: bool = True) -> MergeReport:
     bt = base.tensors("weights")
     specs = [(n, bt.entries[bt.aliases.get(n, n)].dtype, tuple(bt.entries[bt.aliases.get(n, n)].shape),
               bt.entries[bt.aliases.get(n, n)].nbytes) for n in bt]
@@ -319,7 +322,7 @@ def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: 
                    parents=[base, *files], operation="merge", parameters=params,
                    progress=bar, durable=durable) as wr:
         wr.begin_section("weights", specs)
-        release = page_releaser(base._mm)
+        release = page_releaser(base._mm if release_pages else None)
         largest = max((bt.entries[n].nbytes * 4 // max(1, _itemsize(bt.entries[n].dtype))
                        for n in changed if n in bt.entries), default=4)
         pool = BufferPool(largest)
