@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from .anemoi_meta import flat_arrays
 from .diff_stats import MetaChange, ValueStats, compare_arrays, compare_tensors, json_diff
 from .errors import UsageError
 from .progress import Progress
@@ -121,18 +122,8 @@ def _meta_view(ck: Checkpoint) -> dict[str, Any]:
     return view
 
 
-def _flat_arrays(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat_arrays(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _array_diff(a: Checkpoint, b: Checkpoint, atol: float, rtol: float) -> list[TensorChange]:
-    fa, fb = _flat_arrays(a.supporting_arrays), _flat_arrays(b.supporting_arrays)
+    fa, fb = flat_arrays(a.supporting_arrays), flat_arrays(b.supporting_arrays)
     out = []
     for name in [*fa, *(k for k in fb if k not in fa)]:
         x, y = fa.get(name), fb.get(name)
