@@ -11,8 +11,10 @@ import warnings
 
 import pytest
 
-pytest.importorskip("anemoi.models", reason="needs anemoi-models (anemoi-ckpt[anemoi])")
-pytest.importorskip("torch_geometric", reason="needs torch-geometric (anemoi-ckpt[anemoi])")
+from tests.conftest import require_module  # noqa: E402
+
+require_module("anemoi.models", reason="needs anemoi-models (anemoi-ckpt[anemoi]; make test-anemoi)")
+require_module("torch_geometric", reason="needs torch-geometric (anemoi-ckpt[anemoi]; make test-anemoi)")
 
 import torch  # noqa: E402
 
