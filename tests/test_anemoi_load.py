@@ -79,3 +79,76 @@ def test_load_model_is_eval_and_on_device(tmp_path) -> None:
     model = load_model(anc, device="cpu")
     assert not model.training
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def _rewrite(src, dst, change) -> None:
+    """``dst``: ``src``'s weights after ``change(weights)``, with its buffers and anemoi metadata."""
+    import anemoi_ckpt
+
+    with anemoi_ckpt.open(src) as ck:
+        weights = {k: v.clone() for k, v in ck.tensors("weights").items()}
+        buffers = {k: v.clone() for k, v in ck.tensors("buffers").items()}
+        md, arrays = ck.anemoi_metadata, ck.supporting_arrays
+    change(weights)
+    anemoi_ckpt.save(dst, weights, anemoi_metadata=md, supporting_arrays=arrays,
+                     sections={"buffers": buffers})
+
+
+@pytest.fixture(scope="module")
+def gnn_anc(tmp_path_factory):
+    anc = tmp_path_factory.mktemp("gnn") / "gnn.anc"
+    convert(LEGACY / "gnn" / "inference-last.ckpt", anc)
+    return anc
+
+
+def test_weights_are_copy_on_write_views_and_init_is_restored(gnn_anc) -> None:
+    import hashlib
+
+    import torch.nn.init as init
+
+    before = hashlib.sha256(gnn_anc.read_bytes()).hexdigest()
+    kaiming = init.kaiming_uniform_
+    model = load_model(gnn_anc)
+    assert init.kaiming_uniform_ is kaiming  # the construction-time patch is undone
+    name, p = next(iter(model.named_parameters()))
+    original = p.detach().clone()
+    with torch.no_grad():
+        p.add_(1.0)  # in place: a private copy of the page, never the file
+    assert torch.equal(p.detach(), original + 1.0)
+    assert hashlib.sha256(gnn_anc.read_bytes()).hexdigest() == before
+    again = load_model(gnn_anc)
+    assert torch.equal(dict(again.named_parameters())[name].detach(), original)
+
+
+def test_missing_tensor_is_one_clear_error(gnn_anc, tmp_path) -> None:
+    from anemoi_ckpt.errors import FormatError
+
+    bad = tmp_path / "missing.anc"
+    victim = "model.decoder.0.emb_edges.mlp.0.weight"
+
+    def drop(w):
+        assert victim in w, sorted(w)[:20]
+        del w[victim]
+
+    _rewrite(gnn_anc, bad, drop)
+    with pytest.raises(FormatError) as err:
+        load_model(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "1 missing from the file" in msg and victim in msg
+    assert "installed anemoi-models 0.19.0" in msg
+
+
+def test_shape_mismatch_is_one_clear_error(gnn_anc, tmp_path) -> None:
+    from anemoi_ckpt.errors import FormatError
+
+    bad = tmp_path / "shape.anc"
+    victim = "model.decoder.0.emb_edges.mlp.0.weight"
+
+    def shrink(w):
+        w[victim] = w[victim][:-1].clone()
+
+    _rewrite(gnn_anc, bad, shrink)
+    with pytest.raises(FormatError) as err:
+        load_model(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and victim in msg and "shape" in msg

@@ -19,11 +19,13 @@ are used at construction and overwritten by the strict ``load_state_dict``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import AncError, FormatError
+from .graph import graph_from_buffers, graph_from_section
 
 _INSTALL = "install anemoi-ckpt[anemoi] (anemoi-models, torch-geometric, hydra-core)"
 
@@ -137,78 +139,10 @@ def _statistics(data_indices: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return stats
 
 
-def _graph_from_section(ck: Any) -> Any:
-    """The training ``HeteroData`` from a ``graph`` section (``<node>.<attr>``,
-    ``<src>__<rel>__<dst>.<attr>``)."""
-    from torch_geometric.data import HeteroData
-
-    graph = HeteroData()
-    for name, t in ck.tensors("graph").items():
-        store, _, attr = name.rpartition(".")
-        key = tuple(store.split("__")) if "__" in store else store
-        graph[key][attr] = t.clone()
-    return graph
-
-
-def _graph_from_buffers(ck: Any, config: Any, weights: Any, path: str) -> Any:
-    """A stand-in ``HeteroData`` with the shapes the module tree needs, from the inference buffers."""
-    import torch
-    from anemoi.models.utils.config import get_multiple_datasets_config
-    from torch_geometric.data import HeteroData
-
-    hidden = config.model.model.get("hidden_nodes_name", "hidden")
-    if not isinstance(hidden, str):
-        raise FormatError(path, f"hidden nodes {hidden!r}: only single-level encoder-processor-decoder "
-                          "inference files are supported without a graph section (not yet "
-                          "hierarchical models)", "convert the training checkpoint instead")
-    datasets = list(get_multiple_datasets_config(config.data))
-    graph = HeteroData()
-    for node in [*datasets, hidden]:
-        latlons = weights.get(f"model.node_attributes.latlons_{node}")
-        if latlons is None:
-            raise FormatError(path, f"no model.node_attributes.latlons_{node} in the weights")
-        graph[node].x = torch.zeros(latlons.shape[0], 2, dtype=latlons.dtype)
-        graph[node].num_nodes = latlons.shape[0]
-    buffers = ck.tensors("buffers")
-    edges = {f"model.encoder_graph_provider.{d}.": (d, "to", hidden) for d in datasets}
-    edges |= {f"model.decoder_graph_provider.{d}.": (hidden, "to", d) for d in datasets}
-    edges["model.processor_graph_provider."] = (hidden, "to", hidden)
-    attrs_by_edge = {
-        "encoder": config.model.encoders, "decoder": config.model.decoders,
-    }
-    for prefix, key in edges.items():
-        if f"{prefix}edge_index_base" not in buffers:
-            continue
-        base, attr, perm = (buffers[f"{prefix}{n}"] for n in ("edge_index_base", "edge_attr", "perm"))
-        index = torch.empty_like(base, dtype=torch.int64)
-        index[:, perm] = base.to(torch.int64)
-        unsorted = torch.empty_like(attr)
-        unsorted[perm] = attr
-        names = _edge_attribute_names(config, prefix, attrs_by_edge)
-        # only the total width matters: the file's exact buffers replace what is derived from these
-        widths = [1] * (len(names) - 1) + [unsorted.shape[1] - (len(names) - 1)]
-        graph[key].edge_index = index
-        for name, part in zip(names, torch.split(unsorted, widths, dim=1)):
-            graph[key][name] = part.clone()
-    return graph
-
-
-def _edge_attribute_names(config: Any, prefix: str, attrs_by_edge: dict[str, Any]) -> list[str]:
-    if prefix.startswith("model.processor"):
-        names = config.model.processor.get("sub_graph_edge_attributes")
-    else:
-        which = "encoder" if prefix.startswith("model.encoder") else "decoder"
-        names = None
-        for entry in (attrs_by_edge[which] or {}).values():
-            names = entry.get("mapper", {}).get("sub_graph_edge_attributes") or names
-    return list(names or ["edge_attr"])
-
-
 def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
     """A working ``AnemoiModelInterface`` (eval mode) built from the ``.anc`` at ``path`` with the
     installed anemoi-models: weights loaded strictly, non-persistent buffers set from the file."""
     _require_anemoi()
-    import torch
     from anemoi.models.interface import AnemoiModelInterface
 
     from ..reader import open_checkpoint
@@ -224,33 +158,96 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
         weights = ck.tensors("weights")
         sections = ck.tensor_sections()
         if "graph" in sections:
-            graph = _graph_from_section(ck)
+            graph = graph_from_section(ck)
         elif "buffers" in sections:
-            graph = _graph_from_buffers(ck, config, weights, path)
+            graph = graph_from_buffers(ck, config, weights, path)
         else:
             raise FormatError(path, "neither a graph nor a buffers section: cannot build the graph")
         supporting = {k: copy.deepcopy(v) for k, v in ck.supporting_arrays.items()}
-        model = AnemoiModelInterface(
-            config=config,
-            n_step_input=n_in,
-            n_step_output=n_out,
-            graph_data=graph,
-            statistics=_statistics(data_indices),
-            data_indices=data_indices,
-            metadata=copy.deepcopy(md),
-            supporting_arrays=supporting,
-        )
-        state = {k: v.clone() for k, v in weights.items()}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise FormatError(path, "the weights do not fit the module tree built by the installed "
-                              f"anemoi-models: {' '.join(first[:3])[:600]}") from None
+        with _skip_init():
+            model = AnemoiModelInterface(
+                config=config,
+                n_step_input=n_in,
+                n_step_output=n_out,
+                graph_data=graph,
+                statistics=_statistics(data_indices),
+                data_indices=data_indices,
+                metadata=copy.deepcopy(md),
+                supporting_arrays=supporting,
+            )
+        _load_weights(model, weights, path)
         if "buffers" in sections:
             _set_buffers(model, ck.tensors("buffers"), path)
     model.eval()
     return model.to(device)
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+                   "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+                   "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Construct without random initialisation: ``torch.nn.init`` fills become no-ops.
+
+    Every parameter and persistent buffer is then overwritten by the strict load (a missing name is
+    an error), so the fills are wasted work: at AIFS size they take longer than reading the
+    weights. Buffers derived from the graph are computed, not filled, so they are unaffected. The
+    patch is process-wide for the duration of the ``with`` (as Hugging Face's ``no_init_weights``),
+    and always undone."""
+    import torch.nn.init as init
+
+    saved = {name: getattr(init, name) for name in _INIT_FUNCTIONS if hasattr(init, name)}
+
+    def keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(init, name, keep)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
+def _load_weights(model: Any, weights: Any, path: str) -> None:
+    """Strict load. Tensors whose dtype matches the module's are assigned, not copied: they stay
+    views of the file's copy-on-write map (``ACCESS_COPY``), so a ready model costs no copy of
+    its weights, pages are read on first use, and an in-place update writes a private copy of the
+    page, never the file."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise FormatError(path, "the weights do not fit the module tree built by the installed "
+                          f"anemoi-models: {_key_report(missing, unexpected)}", _version_hint(model))
+    state = {}
+    for name, mine in own.items():
+        t = weights[name]
+        if tuple(t.shape) != tuple(mine.shape):
+            raise FormatError(path, f"tensor {name}: shape {tuple(t.shape)} in the file, "
+                              f"{tuple(mine.shape)} in the module tree built by the installed "
+                              "anemoi-models", _version_hint(model))
+        state[name] = t if t.dtype == mine.dtype else t.to(mine.dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def _key_report(missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing from the file (first: {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the model (first: {', '.join(unexpected[:3])})")
+    return "; ".join(parts)
+
+
+def _version_hint(model: Any) -> str:
+    import anemoi.models
+
+    return (f"installed anemoi-models {getattr(anemoi.models, '__version__', '?')}; see "
+            "docs/anemoi-inference.md on layouts and versions")
 
 
 def _set_buffers(model: Any, buffers: Any, path: str) -> None:
@@ -263,4 +260,5 @@ def _set_buffers(model: Any, buffers: Any, path: str) -> None:
     for name, tensor in buffers.items():
         owner_name, _, leaf = name.rpartition(".")
         owner = model.get_submodule(owner_name)
-        owner._buffers[leaf] = tensor.clone()
+        # a view of the copy-on-write map, like the weights (see _load_weights)
+        owner._buffers[leaf] = tensor

@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Time to a ready anemoi model: ``load_model(model.anc)`` against ``torch.load`` of the pickle.
+
+Issue 7's question: how long until anemoi-inference has a model to run, and how much memory does
+it take, when the model is built from an ``.anc`` by the installed anemoi-models instead of being
+unpickled?
+
+Setup (not timed): an **AIFS-shaped** ``AnemoiModelInterface`` built by anemoi-models from the
+configuration of the real graphtransformer fixture (``fixtures/legacy/anemoi/graphtransformer``)
+with AIFS's widths: GraphTransformer encoder and decoder, a 16-layer Transformer processor,
+1024 channels, 16 heads (``--channels``, ``--layers``, ``--heads``), on a synthetic graph of
+``--grid`` data nodes (default 40320, the o96 grid; AIFS's N320 is 542080) and ``--hidden`` hidden
+nodes, 4 encoder and 3 decoder edges per data node. About 230 M parameters, 0.9 GB in fp32. It is
+saved as anemoi-training saves an inference checkpoint (``torch.save`` of the interface with its
+config, metadata and supporting arrays set to None, then anemoi-utils ``save_metadata``), and that
+pickle is converted to an ``.anc`` with ``anemoi_ckpt.convert.convert``.
+
+Measured, each in a fresh process after the imports (torch, anemoi.models, anemoi_ckpt), median
+of ``--repeat``, the files warm in the page cache and then cold (evicted with
+``posix_fadvise(DONTNEED)``):
+
+- **pickle**: ``torch.load(path, map_location="cpu", weights_only=False)`` then ``.eval()``, what
+  anemoi-inference's ``Runner.model`` does;
+- **anc**: ``anemoi_ckpt.anemoi.load_model(path)``, what the ``anc`` runner does;
+- for each, **first step**: the time to the ready model plus one ``predict_step`` on a random
+  batch (an ``.anc``'s weights are mapped and read on first use, so part of its loading moves
+  into the first step; this column keeps the comparison honest).
+
+Peak RSS is the child's ``ru_maxrss`` (``os.wait4``); ``+RSS`` is that minus the RSS after the
+imports. Needs the anemoi environment (``make test-anemoi`` builds ``.venv-anemoi``)::
+
+    .venv-anemoi/bin/python benchmarks/bench_anemoi_load.py                 # AIFS-shaped, 3 repeats
+    .venv-anemoi/bin/python benchmarks/bench_anemoi_load.py --channels 256 --layers 4 --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+FIXTURE = REPO / "fixtures" / "legacy" / "anemoi" / "graphtransformer" / "last.ckpt"
+MB = 1e6
+
+
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------------- setup
+def aifs_config(md: dict[str, Any], channels: int, layers: int, heads: int) -> dict[str, Any]:
+    """The fixture's resolved training config with AIFS's widths and depth."""
+    cfg = json.loads(json.dumps(md["config"]))
+    model = cfg["model"]
+    model["num_channels"] = channels
+    proc = model["processor"]
+    proc.update(num_channels=channels, num_layers=layers, num_heads=heads)
+    for group in ("encoders", "decoders"):
+        for entry in model[group].values():
+            entry["mapper"].update(num_channels=channels, num_heads=heads)
+    return cfg
+
+
+def synthetic_graph(grid: int, hidden: int, seed: int) -> Any:
+    """A ``HeteroData`` shaped like anemoi-graphs' output: node coordinates in radians, encoder
+    (4 per data node) and decoder (3 per data node) edges with ``edge_length`` and ``edge_dirs``."""
+    import torch
+    from torch_geometric.data import HeteroData
+
+    gen = torch.Generator().manual_seed(seed)
+    graph = HeteroData()
+    for name, n in (("data", grid), ("hidden", hidden)):
+        lat = torch.asin(torch.rand(n, generator=gen) * 2 - 1)
+        lon = torch.rand(n, generator=gen) * 2 * torch.pi
+        graph[name].x = torch.stack([lat, lon], dim=1)
+    for (src, dst), per_node in ((("data", "hidden"), 4), (("hidden", "data"), 3)):
+        data_side = torch.arange(grid).repeat_interleave(per_node)
+        other = torch.randint(0, hidden, (grid * per_node,), generator=gen)
+        index = torch.stack([data_side, other]) if src == "data" else torch.stack([other, data_side])
+        e = graph[(src, "to", dst)]
+        e.edge_index = index
+        e.edge_length = torch.rand(index.shape[1], 1, generator=gen)
+        e.edge_dirs = torch.randn(index.shape[1], 2, generator=gen)
+    return graph
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
+    import torch
+    from anemoi.models.interface import AnemoiModelInterface
+    from anemoi.utils.checkpoints import save_metadata
+    from omegaconf import OmegaConf
+
+    import anemoi_ckpt
+    from anemoi_ckpt.anemoi.load import _data_indices, _n_steps, _statistics
+    from anemoi_ckpt.convert import convert
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    tag = f"c{args.channels}-l{args.layers}-g{args.grid}-h{args.hidden}"
+    pickle_path, anc_path = work / f"aifs-{tag}.ckpt", work / f"aifs-{tag}.anc"
+    info_path = work / f"aifs-{tag}.json"
+    if pickle_path.exists() and anc_path.exists() and info_path.exists():
+        return pickle_path, anc_path, json.loads(info_path.read_text())
+
+    fixture_anc = work / "fixture-graphtransformer.anc"
+    convert(FIXTURE, fixture_anc)
+    with anemoi_ckpt.open(fixture_anc) as ck:
+        md = json.loads(json.dumps(ck.anemoi_metadata))
+        arrays = dict(ck.supporting_arrays)
+    md["config"] = aifs_config(md, args.channels, args.layers, args.heads)
+    config = OmegaConf.create(md["config"])
+    n_in, n_out = _n_steps(config, md, str(fixture_anc))
+    indices = _data_indices(config, md, str(fixture_anc))
+    torch.manual_seed(args.seed)
+    model = AnemoiModelInterface(
+        config=config, n_step_input=n_in, n_step_output=n_out,
+        graph_data=synthetic_graph(args.grid, args.hidden, args.seed),
+        statistics=_statistics(indices), data_indices=indices, metadata=md, supporting_arrays={},
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    # as anemoi-training's AnemoiCheckpoint writes inference-<name>.ckpt
+    model.config = model.metadata = model.supporting_arrays = None
+    tmp = pickle_path.with_suffix(".tmp")
+    torch.save(model, tmp)
+    # the supporting arrays describe the fixture's 200-point grid; only their presence matters here
+    save_metadata(tmp, md, supporting_arrays={k: v for k, v in arrays.items()})
+    os.replace(tmp, pickle_path)
+    del model
+    convert(pickle_path, anc_path)
+    info = {"parameters": n_params, "pickle_bytes": pickle_path.stat().st_size,
+            "anc_bytes": anc_path.stat().st_size}
+    info_path.write_text(json.dumps(info))
+    return pickle_path, anc_path, info
+
+
+# ---------------------------------------------------------------------------------------- child
+def child(mode: str, path: str, seed: int) -> None:
+    import warnings
+
+    import anemoi.models.interface  # noqa: F401  (both sides pay the same imports before timing)
+    import torch
+
+    from anemoi_ckpt.anemoi import load_model
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    base = rss_now()
+    t0 = time.perf_counter()
+    if mode == "pickle":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        model.eval()
+    else:
+        model = load_model(path)
+    t1 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    batch = {}
+    for name, idx in model.data_indices.items():
+        grid = getattr(model.model.node_attributes, f"latlons_{name}").shape[0]
+        batch[name] = torch.randn(1, model.n_step_input, grid, len(idx.data.input.full), generator=gen)
+    with torch.no_grad():
+        out = model.predict_step(batch)
+    t2 = time.perf_counter()
+    checksum = float(sum(v.double().sum() for v in out.values()))
+    print(json.dumps({"ready_s": t1 - t0, "first_step_s": t2 - t0, "base_rss": base,
+                      "checksum": checksum}))
+
+
+def run_child(mode: str, path: Path, seed: int, cold: bool) -> dict[str, Any]:
+    if cold:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--path", str(path),
+                             "--seed", str(seed)], stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} child failed ({proc.returncode})")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss"] = usage.ru_maxrss * 1024
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--channels", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--grid", type=int, default=40320)
+    ap.add_argument("--hidden", type=int, default=10242)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=str(HERE / "out" / "anemoi-load"))
+    ap.add_argument("--json", help="also write every sample and the medians here")
+    ap.add_argument("--child", choices=["pickle", "anc"], help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.path, args.seed)
+
+    import anemoi.models
+    import torch
+
+    import anemoi_ckpt
+
+    print(f"anemoi_ckpt {anemoi_ckpt.__version__} from {Path(anemoi_ckpt.__file__).parent}; "
+          f"anemoi-models {anemoi.models.__version__}; torch {torch.__version__}; "
+          f"{os.cpu_count()} CPUs", flush=True)
+    t = time.perf_counter()
+    pickle_path, anc_path, info = prepare(args)
+    print(f"model: {info['parameters'] / 1e6:.1f} M parameters; pickle {info['pickle_bytes'] / MB:.0f} MB, "
+          f".anc {info['anc_bytes'] / MB:.0f} MB (setup {time.perf_counter() - t:.0f} s)", flush=True)
+
+    paths = {"pickle": pickle_path, "anc": anc_path}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for cache in ("warm", "cold"):
+        if cache == "warm":  # one untimed pass of each brings both files into the page cache
+            for mode in paths:
+                run_child(mode, paths[mode], args.seed, cold=False)
+        for _ in range(args.repeat):
+            for mode in paths:  # interleaved, so slow spells of a shared machine hit both
+                r = run_child(mode, paths[mode], args.seed, cold=cache == "cold")
+                samples.setdefault(f"{mode}/{cache}", []).append(r)
+    checks = {s["checksum"] for runs in samples.values() for s in runs}
+    if len(checks) != 1:
+        raise SystemExit(f"the two loads disagree on the first step's output: {sorted(checks)}")
+
+    med = {k: {m: statistics.median(s[m] for s in runs) for m in ("ready_s", "first_step_s", "peak_rss", "base_rss")}
+           for k, runs in samples.items()}
+    print(f"\n{'':12} {'ready s':>8} {'+1 step s':>10} {'peak RSS MB':>12} {'+RSS MB':>8}")
+    for key, m in med.items():
+        print(f"{key:12} {m['ready_s']:8.2f} {m['first_step_s']:10.2f} {m['peak_rss'] / MB:12.0f} "
+              f"{(m['peak_rss'] - m['base_rss']) / MB:8.0f}")
+    print()
+    for cache in ("warm", "cold"):
+        a, p = med[f"anc/{cache}"], med[f"pickle/{cache}"]
+        print(f"{cache}: ready {a['ready_s'] / p['ready_s']:.2f}x torch.load, "
+              f"ready+1 step {a['first_step_s'] / p['first_step_s']:.2f}x, "
+              f"peak RSS {a['peak_rss'] / p['peak_rss']:.2f}x "
+              f"(+RSS {(a['peak_rss'] - a['base_rss']) / max(1, p['peak_rss'] - p['base_rss']):.2f}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"info": info, "samples": samples, "medians": med}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
