@@ -26,7 +26,7 @@ def graph_from_section(ck: Any) -> Any:
     return graph
 
 
-def graph_from_buffers(ck: Any, config: Any, weights: Any, path: str) -> Any:
+def graph_from_buffers(buffers: Any, config: Any, weights: Any, path: str) -> Any:
     """A stand-in ``HeteroData`` with the shapes the module tree needs, from the inference buffers."""
     import torch
     from anemoi.models.utils.config import get_multiple_datasets_config
@@ -45,7 +45,6 @@ def graph_from_buffers(ck: Any, config: Any, weights: Any, path: str) -> Any:
             raise FormatError(path, f"no model.node_attributes.latlons_{node} in the weights")
         graph[node].x = torch.zeros(latlons.shape[0], 2, dtype=latlons.dtype)
         graph[node].num_nodes = latlons.shape[0]
-    buffers = ck.tensors("buffers")
     edges = {f"model.encoder_graph_provider.{d}.": (d, "to", hidden) for d in datasets}
     edges |= {f"model.decoder_graph_provider.{d}.": (hidden, "to", d) for d in datasets}
     edges["model.processor_graph_provider."] = (hidden, "to", hidden)

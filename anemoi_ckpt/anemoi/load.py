@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 from typing import Any, Iterator
 
+from packaging.version import InvalidVersion, Version
+
 from ..errors import AncError, FormatError
 from .graph import graph_from_buffers, graph_from_section
+from .layout import mismatch_hint, to_installed
+
+LOG = logging.getLogger(__name__)
 
 _INSTALL = "install anemoi-ckpt[anemoi] (anemoi-models, torch-geometric, hydra-core)"
 
@@ -155,12 +161,20 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
         config = _config(md, path)
         n_in, n_out = _n_steps(config, md, path)
         data_indices = _data_indices(config, md, path)
-        weights = ck.tensors("weights")
         sections = ck.tensor_sections()
+        installed = _installed_version()
+        found = {"weights": ck.tensors("weights")}
+        if "buffers" in sections:
+            found["buffers"] = ck.tensors("buffers")
+        tensors, applied = to_installed(found, md, installed, path)
+        if applied:
+            LOG.info("%s: layout brought to anemoi-models %s by %s", path, installed, ", ".join(applied))
+        weights, buffers = tensors["weights"], tensors.get("buffers", {})
+        hint = mismatch_hint(md, installed)
         if "graph" in sections:
             graph = graph_from_section(ck)
-        elif "buffers" in sections:
-            graph = graph_from_buffers(ck, config, weights, path)
+        elif buffers:
+            graph = graph_from_buffers(buffers, config, weights, path)
         else:
             raise FormatError(path, "neither a graph nor a buffers section: cannot build the graph")
         supporting = {k: copy.deepcopy(v) for k, v in ck.supporting_arrays.items()}
@@ -175,9 +189,9 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
                 metadata=copy.deepcopy(md),
                 supporting_arrays=supporting,
             )
-        _load_weights(model, weights, path)
-        if "buffers" in sections:
-            _set_buffers(model, ck.tensors("buffers"), path)
+        _load_weights(model, weights, path, hint)
+        if buffers:
+            _set_buffers(model, buffers, path, hint)
     model.eval()
     return model.to(device)
 
@@ -212,7 +226,7 @@ def _skip_init() -> Iterator[None]:
             setattr(init, name, fn)
 
 
-def _load_weights(model: Any, weights: Any, path: str) -> None:
+def _load_weights(model: Any, weights: Any, path: str, hint: str) -> None:
     """Strict load. Tensors whose dtype matches the module's are assigned, not copied: they stay
     views of the file's copy-on-write map (``ACCESS_COPY``), so a ready model costs no copy of
     its weights, pages are read on first use, and an in-place update writes a private copy of the
@@ -222,14 +236,14 @@ def _load_weights(model: Any, weights: Any, path: str) -> None:
     unexpected = sorted(set(weights) - set(own))
     if missing or unexpected:
         raise FormatError(path, "the weights do not fit the module tree built by the installed "
-                          f"anemoi-models: {_key_report(missing, unexpected)}", _version_hint(model))
+                          f"anemoi-models: {_key_report(missing, unexpected)}", hint)
     state = {}
     for name, mine in own.items():
         t = weights[name]
         if tuple(t.shape) != tuple(mine.shape):
             raise FormatError(path, f"tensor {name}: shape {tuple(t.shape)} in the file, "
                               f"{tuple(mine.shape)} in the module tree built by the installed "
-                              "anemoi-models", _version_hint(model))
+                              "anemoi-models", hint)
         state[name] = t if t.dtype == mine.dtype else t.to(mine.dtype)
     model.load_state_dict(state, strict=True, assign=True)
 
@@ -243,20 +257,22 @@ def _key_report(missing: list[str], unexpected: list[str]) -> str:
     return "; ".join(parts)
 
 
-def _version_hint(model: Any) -> str:
+def _installed_version() -> Version:
     import anemoi.models
 
-    return (f"installed anemoi-models {getattr(anemoi.models, '__version__', '?')}; see "
-            "docs/anemoi-inference.md on layouts and versions")
+    try:
+        return Version(getattr(anemoi.models, "__version__", "0"))
+    except InvalidVersion:  # a source checkout without a version: assume the newest layout
+        return Version("9999")
 
 
-def _set_buffers(model: Any, buffers: Any, path: str) -> None:
+def _set_buffers(model: Any, buffers: Any, path: str, hint: str) -> None:
     persistent = set(model.state_dict())
     expected = {n for n, _ in model.named_buffers() if n not in persistent}
     missing, unexpected = sorted(expected - set(buffers)), sorted(set(buffers) - expected)
     if missing or unexpected:
         raise FormatError(path, f"non-persistent buffers do not match the installed anemoi-models "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})", section="buffers")
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})", hint, section="buffers")
     for name, tensor in buffers.items():
         owner_name, _, leaf = name.rpartition(".")
         owner = model.get_submodule(owner_name)

@@ -1,0 +1,83 @@
+"""The file's tensor layout against the installed anemoi-models: translate, or say what is needed.
+
+A file keeps the layout of the anemoi-models that wrote it when it was converted with
+``--keep-layout`` (or written by another tool). At load, the shipped translation steps
+(``translations/``) bring it forward, but only the steps whose ``anemoi_models`` release the
+installed anemoi-models has reached: a step made for 0.16 would break a model built by 0.15. When
+the names still do not fit, the message says which anemoi-models release first changed the layout
+between the installed one and the file's (the first incompatible version), so the fix is one
+``pip install`` away. Pure functions over names and versions; tensors are only re-keyed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from ..translate.engine import TranslationInput, models_version_of, translate
+from ..translate.steps import Step, load_steps
+
+
+def _release(step: Step) -> Version | None:
+    try:
+        return Version(step.anemoi_models) if step.anemoi_models else None
+    except InvalidVersion:
+        return None
+
+
+def steps_up_to(installed: Version, steps: Sequence[Step]) -> list[Step]:
+    """The name-changing steps a model built by ``installed`` expects to have been applied."""
+    out = []
+    for step in steps:
+        release = _release(step)
+        if step.changes_names and (release is None or release <= installed):
+            out.append(step)
+    return out
+
+
+def first_incompatible(file_version: Version | None, installed: Version,
+                       steps: Sequence[Step]) -> Step | None:
+    """The earliest step released after ``installed`` and up to ``file_version``: the layout change
+    the installed anemoi-models does not know. None when the file is not newer, or no step lies
+    between the two."""
+    if file_version is None or file_version <= installed:
+        return None
+    later = [s for s in steps if (r := _release(s)) is not None and installed < r <= file_version]
+    return min(later, key=lambda s: _release(s), default=None)  # type: ignore[arg-type, return-value]
+
+
+def file_models_version(md: Mapping[str, Any] | None) -> Version | None:
+    """The anemoi-models version recorded in the anemoi metadata (``provenance_training``)."""
+    return models_version_of(TranslationInput("anc", {}, md))
+
+
+def to_installed(sections: Mapping[str, Mapping[str, Any]], md: Mapping[str, Any] | None,
+                 installed: Version, label: str,
+                 steps: Sequence[Step] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``sections`` (section -> name -> tensor) re-keyed by the steps up to ``installed``; also the
+    names of the steps applied. A step may move a tensor between sections (e.g. ``edge_inc`` to
+    ``buffers``)."""
+    steps = steps_up_to(installed, load_steps() if steps is None else steps)
+    inp = TranslationInput("anc", {sec: list(t) for sec, t in sections.items()}, md, label=label)
+    result = translate(inp, steps=steps)
+    out: dict[str, dict[str, Any]] = {sec: {} for sec in sections}
+    for sec, renames in result.renames.items():
+        for old, (new_sec, new) in renames.items():
+            out.setdefault(new_sec, {})[new] = sections[sec][old]
+    return out, [a["name"] for a in result.applied]
+
+
+def mismatch_hint(md: Mapping[str, Any] | None, installed: Version,
+                  steps: Sequence[Step] | None = None) -> str:
+    """What to do when the names do not fit the installed anemoi-models."""
+    file_version = file_models_version(md)
+    step = first_incompatible(file_version, installed, load_steps() if steps is None else steps)
+    if step is not None:
+        return (f"the file was written by anemoi-models {file_version}; its layout changed in "
+                f"{step.anemoi_models} ({step.name}), after the installed {installed}: install "
+                f"anemoi-models>={step.anemoi_models}")
+    written = f"anemoi-models {file_version}" if file_version else "an unrecorded anemoi-models"
+    return (f"the file was written by {written}, the installed one is {installed}, and no "
+            "translation step covers the difference (see docs/anemoi-inference.md)")
