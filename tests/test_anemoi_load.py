@@ -81,15 +81,20 @@ def test_load_model_is_eval_and_on_device(tmp_path) -> None:
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
-def _rewrite(src, dst, change) -> None:
-    """``dst``: ``src``'s weights after ``change(weights)``, with its buffers and anemoi metadata."""
+def _rewrite(src, dst, change, models_version: str | None = None) -> None:
+    """``dst``: ``src``'s weights after ``change(weights)``, with its buffers and anemoi metadata
+    (whose recorded anemoi-models version becomes ``models_version`` if given)."""
+    import copy
+
     import anemoi_ckpt
 
     with anemoi_ckpt.open(src) as ck:
         weights = {k: v.clone() for k, v in ck.tensors("weights").items()}
         buffers = {k: v.clone() for k, v in ck.tensors("buffers").items()}
-        md, arrays = ck.anemoi_metadata, ck.supporting_arrays
+        md, arrays = copy.deepcopy(ck.anemoi_metadata), ck.supporting_arrays
     change(weights)
+    if models_version is not None:
+        md["provenance_training"]["module_versions"]["anemoi.models"] = {"version": models_version}
     anemoi_ckpt.save(dst, weights, anemoi_metadata=md, supporting_arrays=arrays,
                      sections={"buffers": buffers})
 
@@ -152,3 +157,95 @@ def test_shape_mismatch_is_one_clear_error(gnn_anc, tmp_path) -> None:
         load_model(bad)
     msg = str(err.value)
     assert str(bad) in msg and victim in msg and "shape" in msg
+
+
+def test_older_layout_is_translated_at_load(tmp_path) -> None:
+    """A file in anemoi-models 0.15's layout (the Transformer processor's MLP before #943, as
+    ``convert --keep-layout`` keeps it) loads in the installed 0.19: the shipped step renames it in
+    memory, and the model is the pickled original's, bit for bit."""
+    import re
+
+    anc = tmp_path / "gt.anc"
+    convert(LEGACY / "graphtransformer" / "inference-last.ckpt", anc)
+    old = tmp_path / "gt-0.15.anc"
+    pattern = re.compile(r"^(model\.processor\.proc\.\d+\.mlp\.)mlp\.(?=\d)")
+
+    def to_0_15(w):
+        renamed = {pattern.sub(r"\1", k): v for k, v in w.items()}
+        assert len(renamed) == len(w) and renamed.keys() != w.keys()
+        w.clear()
+        w.update(renamed)
+
+    _rewrite(anc, old, to_0_15, models_version="0.15.2")
+    loaded = load_model(old)
+    original = _original(LEGACY / "graphtransformer" / "inference-last.ckpt").eval()
+    for name, t in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+    batch = _batch(original, 3)
+    with torch.no_grad():
+        expected = original.predict_step({k: v.clone() for k, v in batch.items()})
+        got = loaded.predict_step({k: v.clone() for k, v in batch.items()})
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+_NO_HYDRA = '''
+import sys
+
+class _NoHydra:  # as if hydra-core were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "hydra" or name.startswith("hydra."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoHydra())
+'''
+
+_CHILD = '''
+import hashlib, sys
+import torch
+from anemoi_ckpt.anemoi import load_model
+
+model = load_model(sys.argv[1])
+assert getattr(sys.modules["hydra"], "__anemoi_ckpt_shim__", False), "hydra was imported"
+gen = torch.Generator().manual_seed(int(sys.argv[2]))
+batch = {}
+for name, idx in model.data_indices.items():
+    grid = getattr(model.model.node_attributes, f"latlons_{name}").shape[0]
+    batch[name] = torch.randn(2, model.n_step_input, grid, len(idx.data.input.full), generator=gen)
+with torch.no_grad():
+    out = model.predict_step(batch)
+print(" ".join(f"{k}:" + hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in sorted(out.items())))
+'''
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_builds_without_hydra(kind: str, tmp_path) -> None:
+    """Where hydra-core is not installed, the pure-Python ``_target_`` instantiation builds the same
+    model: its forecast is bit for bit the pickled original's (which needs Hydra to unpickle, so
+    it is computed here, in the process that has it)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    anc = tmp_path / f"{kind}.anc"
+    convert(LEGACY / kind / "inference-last.ckpt", anc)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_NO_HYDRA)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path / "site"), str(LEGACY.parents[2]), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(anc), "5"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    original = _original(LEGACY / kind / "inference-last.ckpt").eval()
+    gen = torch.Generator().manual_seed(5)
+    batch = {}
+    for name, idx in original.data_indices.items():
+        grid = getattr(original.model.node_attributes, f"latlons_{name}").shape[0]
+        batch[name] = torch.randn(2, original.n_step_input, grid, len(idx.data.input.full), generator=gen)
+    with torch.no_grad():
+        out = original.predict_step(batch)
+    expected = " ".join(f"{k}:" + hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
+                        for k, v in sorted(out.items()))
+    assert r.stdout.strip().splitlines()[-1] == expected

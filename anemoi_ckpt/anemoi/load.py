@@ -28,54 +28,25 @@ from typing import Any, Iterator
 from packaging.version import InvalidVersion, Version
 
 from ..errors import AncError, FormatError
+from . import hydra_shim
 from .graph import graph_from_buffers, graph_from_section
 from .layout import mismatch_hint, to_installed
 
 LOG = logging.getLogger(__name__)
 
-_INSTALL = "install anemoi-ckpt[anemoi] (anemoi-models, torch-geometric, hydra-core)"
+_INSTALL = "install anemoi-ckpt[anemoi] (anemoi-models, torch-geometric)"
 
 
 def _require_anemoi() -> None:
+    # Hydra is only needed to instantiate the resolved config: without it, a pure-Python stand-in
+    # (hydra_shim) is registered before anemoi-models is first imported.
+    hydra_shim.install()
     try:
         import anemoi.models  # noqa: F401
         import torch_geometric  # noqa: F401
     except ImportError as e:
         raise AncError(None, f"loading an anemoi model needs anemoi-models ({e.name} is not "
                        "installed)", _INSTALL) from None
-
-
-def _instantiate() -> Any:
-    """anemoi's own instantiation (Hydra); a pure-Python ``_target_`` fallback without Hydra."""
-    try:
-        from hydra.utils import instantiate
-
-        return instantiate
-    except ImportError:  # pragma: no cover - anemoi-models itself requires hydra today
-        return _instantiate_fallback
-
-
-def _instantiate_fallback(config: Any, *args: Any, **kwargs: Any) -> Any:
-    """Minimal ``_target_`` instantiation: import the dotted name and call it with the remaining
-    keys (recursively for nested ``_target_`` mappings unless ``_recursive_`` is false)."""
-    import importlib
-
-    cfg = dict(config)
-    target = cfg.pop("_target_")
-    recursive = kwargs.pop("_recursive_", cfg.pop("_recursive_", True))
-    cfg.pop("_convert_", None)
-    kwargs.pop("_convert_", None)
-    module, _, name = target.rpartition(".")
-    obj = getattr(importlib.import_module(module), name)
-
-    def build(v: Any) -> Any:
-        if isinstance(v, dict) and "_target_" in v:
-            return _instantiate_fallback(v)
-        return v
-
-    if recursive:
-        cfg = {k: build(v) for k, v in cfg.items()}
-    return obj(*args, **{**cfg, **kwargs})
 
 
 def _config(md: dict[str, Any], path: str) -> Any:
@@ -163,9 +134,11 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
         data_indices = _data_indices(config, md, path)
         sections = ck.tensor_sections()
         installed = _installed_version()
-        found = {"weights": ck.tensors("weights")}
-        if "buffers" in sections:
-            found["buffers"] = ck.tensors("buffers")
+        found = {}
+        for name in ("weights", "buffers"):
+            if name in sections:
+                ck.read_ahead(name)  # every byte is used: readahead, not fault-at-a-time paging
+                found[name] = ck.tensors(name)
         tensors, applied = to_installed(found, md, installed, path)
         if applied:
             LOG.info("%s: layout brought to anemoi-models %s by %s", path, installed, ", ".join(applied))
