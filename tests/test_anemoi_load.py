@@ -20,21 +20,11 @@ import torch  # noqa: E402
 
 from anemoi_ckpt.anemoi import load_model  # noqa: E402
 from anemoi_ckpt.convert import convert  # noqa: E402
+from tests.anemoi_helpers import output_digest, random_batch  # noqa: E402
 from tests.conftest import FIXTURES  # noqa: E402
 
 LEGACY = FIXTURES / "legacy" / "anemoi"
 MODELS = ["gnn", "graphtransformer"]
-
-
-def _batch(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """A random batch (batch, time, grid, variables) per dataset, in physical units."""
-    gen = torch.Generator().manual_seed(seed)
-    batch = {}
-    for name, idx in model.data_indices.items():
-        grid = getattr(model.model.node_attributes, f"latlons_{name}").shape[0]
-        nvar = len(idx.data.input.full)  # what anemoi-inference feeds: the input variables
-        batch[name] = torch.randn(2, model.n_step_input, grid, nvar, generator=gen)
-    return batch
 
 
 def _original(path):
@@ -62,7 +52,7 @@ def test_predict_step_matches_pickled_original(kind: str, source: str, tmp_path)
             assert mine[name].dtype == b.dtype and torch.equal(mine[name], b), name
 
     for seed in (0, 1):
-        batch = _batch(original, seed)
+        batch = random_batch(original, seed)
         with torch.no_grad():
             expected = original.predict_step({k: v.clone() for k, v in batch.items()})
             got = loaded.predict_step({k: v.clone() for k, v in batch.items()})
@@ -181,7 +171,7 @@ def test_older_layout_is_translated_at_load(tmp_path) -> None:
     original = _original(LEGACY / "graphtransformer" / "inference-last.ckpt").eval()
     for name, t in original.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t), name
-    batch = _batch(original, 3)
+    batch = random_batch(original, 3)
     with torch.no_grad():
         expected = original.predict_step({k: v.clone() for k, v in batch.items()})
         got = loaded.predict_step({k: v.clone() for k, v in batch.items()})
@@ -201,20 +191,13 @@ sys.meta_path.insert(0, _NoHydra())
 '''
 
 _CHILD = '''
-import hashlib, sys
-import torch
+import sys
 from anemoi_ckpt.anemoi import load_model
+from tests.anemoi_helpers import output_digest
 
 model = load_model(sys.argv[1])
 assert getattr(sys.modules["hydra"], "__anemoi_ckpt_shim__", False), "hydra was imported"
-gen = torch.Generator().manual_seed(int(sys.argv[2]))
-batch = {}
-for name, idx in model.data_indices.items():
-    grid = getattr(model.model.node_attributes, f"latlons_{name}").shape[0]
-    batch[name] = torch.randn(2, model.n_step_input, grid, len(idx.data.input.full), generator=gen)
-with torch.no_grad():
-    out = model.predict_step(batch)
-print(" ".join(f"{k}:" + hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in sorted(out.items())))
+print(output_digest(model, int(sys.argv[2])))
 '''
 
 
@@ -223,7 +206,6 @@ def test_builds_without_hydra(kind: str, tmp_path) -> None:
     """Where hydra-core is not installed, the pure-Python ``_target_`` instantiation builds the same
     model: its forecast is bit for bit the pickled original's (which needs Hydra to unpickle, so
     it is computed here, in the process that has it)."""
-    import hashlib
     import os
     import subprocess
     import sys
@@ -239,13 +221,4 @@ def test_builds_without_hydra(kind: str, tmp_path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
     original = _original(LEGACY / kind / "inference-last.ckpt").eval()
-    gen = torch.Generator().manual_seed(5)
-    batch = {}
-    for name, idx in original.data_indices.items():
-        grid = getattr(original.model.node_attributes, f"latlons_{name}").shape[0]
-        batch[name] = torch.randn(2, original.n_step_input, grid, len(idx.data.input.full), generator=gen)
-    with torch.no_grad():
-        out = original.predict_step(batch)
-    expected = " ".join(f"{k}:" + hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
-                        for k, v in sorted(out.items()))
-    assert r.stdout.strip().splitlines()[-1] == expected
+    assert r.stdout.strip().splitlines()[-1] == output_digest(original, 5)
