@@ -3,6 +3,11 @@
 Nothing here unpickles, imports a name read from the file or executes anything from it. Tensors
 are views over one private memory map of the file (zero-copy; a write to a tensor never reaches
 the file), created only for the sections and names asked for.
+
+A URL (``s3://``, ``http(s)://``; ``file://`` is a path) is read by byte ranges instead
+(:mod:`anemoi_ckpt.rangefile`): opening fetches the zip directory and the manifest, JSON sections
+and tensor headers are fetched when first used, and each tensor when it is read, so inspecting a
+remote file or loading a few of its tensors transfers only those bytes.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from . import __version__, sections as S
 from .anemoi_meta import check_leaf, iter_leaves, nest
 from .errors import FormatError, IntegrityError, UsageError, VersionError
 from .hashing import sha256_hex, tagged
+from .rangefile import RangeFile
 from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, Manifest, Metadata, Section
 from .tensormap import TensorMapping
+from .urls import local_path
 from .zipread import Member, read_directory
 
 if TYPE_CHECKING:
@@ -67,18 +74,27 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        self._fh = self._open_regular_file()
+        local = local_path(self.path)
+        #: The remote file for a URL (None for a local file, which is memory-mapped).
+        self.remote: RangeFile | None = None
+        self._ahead: list[tuple[int, bytearray]] = []  # remote sections fetched whole (read_ahead)
+        self.closed = False
+        if local is None:
+            self._fh: Any = RangeFile(self.path)
+            self.remote = self._fh
+        else:
+            self._fh = self._open_regular_file(local)
         try:
             self._open()
         except BaseException:
             self.close()
             raise
 
-    def _open_regular_file(self) -> io.BufferedReader:
+    def _open_regular_file(self, local: str) -> io.BufferedReader:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (no effect on regular files).
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
         try:
-            fd = os.open(self.path, flags)
+            fd = os.open(local, flags)
         except FileNotFoundError:
             raise FormatError(self.path, "no such file") from None
         except IsADirectoryError:
@@ -93,13 +109,16 @@ class Checkpoint:
         return os.fdopen(fd, "rb")
 
     def _open(self) -> None:
-        size = os.fstat(self._fh.fileno()).st_size
+        size = self.remote.size if self.remote is not None else os.fstat(self._fh.fileno()).st_size
+        self.size = size  # bytes in the file
         self.root, self._members = read_directory(self.path, self._fh, size)  # has a manifest
-        self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
-        # No readahead by default: the kernel would read megabytes around every small JSON or
-        # header we touch (inspect and lineage must read almost nothing of a large file).
-        # Tensor and verify reads ask for their own ranges with prefetch().
-        _advise(self._mm, "MADV_RANDOM")
+        self._mm: mmap.mmap | None = None
+        if self.remote is None:
+            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
+            # No readahead by default: the kernel would read megabytes around every small JSON or
+            # header we touch (inspect and lineage must read almost nothing of a large file).
+            # Tensor and verify reads ask for their own ranges with prefetch().
+            _advise(self._mm, "MADV_RANDOM")
         member = self._members[S.MANIFEST_PATH]
         raw = self._member_bytes(member, S.MANIFEST_PATH)
         # The manifest holds every other digest but has none of its own: the zip CRC-32 is what
@@ -158,7 +177,61 @@ class Checkpoint:
         if member.size > MAX_JSON:
             raise FormatError(self.path, f"{member.size} bytes is too large for a JSON member",
                               section=label)
-        return self._mm[member.data_offset:member.data_offset + member.size]
+        return self.read_bytes(member.data_offset, member.size)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UsageError(self.path, "the checkpoint is closed", "read tensors inside "
+                             "'with anemoi_ckpt.open(...)', or keep the tensors you need")
+
+    def _fetched(self, start: int, n: int) -> memoryview | None:
+        for base, buf in self._ahead:
+            if base <= start and start + n <= base + len(buf):
+                return memoryview(buf)[start - base:start - base + n]
+        return None
+
+    def read_bytes(self, start: int, n: int) -> bytes:
+        """``n`` bytes of the file from ``start`` (a local map slice, or a remote range)."""
+        self._check_open()
+        if self.remote is None:
+            return self._mm[start:start + n]  # type: ignore[index]
+        got = self._fetched(start, n)
+        return bytes(got) if got is not None else self.remote.pread(start, n)
+
+    def buffer(self, start: int, n: int) -> tuple[Any, int]:
+        """(a writable buffer, offset in it) holding the file's bytes ``[start, start+n)``: the
+        private map itself for a local file (zero-copy), a fetched copy for a URL."""
+        self._check_open()
+        if self.remote is None:
+            prefetch(self._mm, start, n)
+            return self._mm, start
+        for base, buf in self._ahead:
+            if base <= start and start + n <= base + len(buf):
+                return buf, start - base
+        buf = bytearray(n)
+        self.remote.read_into(memoryview(buf), start)
+        return buf, 0
+
+    def digest_range(self, start: int, n: int) -> str:
+        """sha256 hex of the file's bytes ``[start, start+n)``, read in chunks for a URL."""
+        import hashlib
+
+        self._check_open()
+        if self.remote is None:
+            prefetch(self._mm, start, n)
+            view = memoryview(self._mm)[start:start + n]  # type: ignore[arg-type]
+            try:
+                return sha256_hex(view)
+            finally:
+                view.release()
+        got = self._fetched(start, n)
+        if got is not None:
+            return sha256_hex(got)
+        h = hashlib.sha256()
+        chunk = 8 << 20
+        for off in range(start, start + n, chunk):
+            h.update(self.remote.pread(off, min(chunk, start + n - off), cache=False))
+        return h.hexdigest()
 
     def _json(self, raw: bytes, label: str) -> Any:
         try:
@@ -265,9 +338,9 @@ class Checkpoint:
                     raise ValueError(f"supporting array {path!r} is not a section of this file")
                 member = self._members[rel]
                 dtype, shape = check_leaf(trail, entry, member.size)
-                prefetch(self._mm, member.data_offset, member.size)
+                buf, offset = self.buffer(member.data_offset, member.size)
                 count = member.size // dtype.itemsize if dtype.itemsize else 0
-                arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=member.data_offset)
+                arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
                 flat[trail] = arr.reshape(shape)
         # numpy rejects hostile dtype strings and shapes with ValueError, TypeError or even
         # SyntaxError (np.dtype("(2,")), and deprecated spellings warn (an exception under -W
@@ -315,7 +388,14 @@ class Checkpoint:
         for a 0.9 GB section here; benchmarks/README.md)."""
         self.tensors(section)  # checks the name
         member = self._members[S.tensor_section_path(section)]
-        if self._mm is not None:
+        if self.remote is not None:
+            # A URL: the whole section in concurrent chunks (one transfer rather than a request
+            # per tensor); tensors then view this buffer.
+            if self._fetched(member.data_offset, member.size) is None:
+                buf = bytearray(member.size)
+                self.remote.read_into(memoryview(buf), member.data_offset)
+                self._ahead.append((member.data_offset, buf))
+        elif self._mm is not None:
             _advise(self._mm, "MADV_NORMAL", member.data_offset, member.size)
 
     def state_dict(self, section: str = "weights") -> dict[str, torch.Tensor]:
@@ -337,6 +417,8 @@ class Checkpoint:
     # --- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
         self._tensor_cache = {}
+        self._ahead = []
+        self.closed = True
         # Never mm.close(): torch.frombuffer keeps a reference to the map but no buffer export,
         # so closing would unmap memory that live tensors still point at (a segfault on their
         # next use). Dropping our reference unmaps it as soon as the last tensor is freed.

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from . import dtypes, stformat
-from .errors import UsageError, FormatError, IntegrityError, VersionError
+from .errors import FormatError, IntegrityError, VersionError
 from .schema import Section
 from .zipread import Member
 
@@ -30,10 +30,10 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
         self.section = sec
         table = sec.tensors
         assert table is not None
-        mm, path, label = ck._mm, ck.path, sec.path
+        path, label = ck.path, sec.path
         try:
-            n = stformat.read_header_length(mm[member.data_offset:member.data_offset + 8], member.size)
-            prefix = mm[member.data_offset:member.data_offset + 8 + n]
+            n = stformat.read_header_length(ck.read_bytes(member.data_offset, 8), member.size)
+            prefix = ck.read_bytes(member.data_offset, 8 + n)
             if hashlib.sha256(prefix).hexdigest() != table.header_digest:
                 raise IntegrityError(path, "header digest mismatch", "the file is damaged",
                                      section=label)
@@ -64,13 +64,9 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
                                    section=self.section.path)
             from .tensorio import view_tensor  # torch is loaded on the first tensor, not at import
 
-            if self._ck._mm is None:
-                raise UsageError(self._ck.path, "the checkpoint is closed", "read tensors inside "
-                                 "'with anemoi_ckpt.open(...)', or keep the tensors you need")
-            from .reader import prefetch
-
-            prefetch(self._ck._mm, self._offsets[target], e.nbytes)
-            t = view_tensor(self._ck._mm, self._offsets[target], e.nbytes, e.dtype, e.shape)
+            # A view of the private map (local), or of the fetched bytes (a URL).
+            buf, offset = self._ck.buffer(self._offsets[target], e.nbytes)
+            t = view_tensor(buf, offset, e.nbytes, e.dtype, e.shape)
             self._cache[target] = t
         return t
 

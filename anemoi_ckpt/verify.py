@@ -56,15 +56,8 @@ _DECODE: dict[str, Callable[["Checkpoint"], object]] = {
 }
 
 
-def _slice_digest(mm: Any, start: int, end: int) -> str:
-    from .reader import prefetch
-
-    prefetch(mm, start, end - start)
-    view = memoryview(mm)[start:end]
-    try:
-        return hashing.sha256_hex(view)
-    finally:
-        view.release()
+def _slice_digest(ck: "Checkpoint", start: int, end: int) -> str:
+    return ck.digest_range(start, end - start)
 
 
 def verify(ck: "Checkpoint", *, progress: bool | None = None) -> VerifyReport:
@@ -79,7 +72,7 @@ def verify(ck: "Checkpoint", *, progress: bool | None = None) -> VerifyReport:
             res = SectionResult(sec.path, sec.role, True)
             results.append(res)
             if sec.tensors is None:
-                got = hashing.tagged(_slice_digest(ck._mm, member.data_offset,
+                got = hashing.tagged(_slice_digest(ck, member.data_offset,
                                                    member.data_offset + member.size))
                 if got != sec.digest:
                     res.ok, res.problem = False, "digest mismatch"
@@ -98,7 +91,7 @@ def verify(ck: "Checkpoint", *, progress: bool | None = None) -> VerifyReport:
                 continue
             entries = sorted(mapping.entries.values(), key=lambda e: e.begin)
             base = mapping._offsets
-            futures = [(e, pool.submit(_slice_digest, ck._mm, base[e.name], base[e.name] + e.nbytes))
+            futures = [(e, pool.submit(_slice_digest, ck, base[e.name], base[e.name] + e.nbytes))
                        for e in entries]
             actual: dict[str, str] = {}
             for e, fut in futures:

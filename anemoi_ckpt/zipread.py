@@ -54,6 +54,10 @@ def read_directory(path: str, fh: BinaryIO, file_size: int,
                               "not an .anc; for a torch or Lightning .ckpt use 'anemoi-ckpt convert'")
         raise FormatError(path, f"no {require} in the archive", "not a torch checkpoint")
     cd_start: int = zf.start_dir  # members must end before the central directory
+    prefetch = getattr(fh, "prefetch", None)
+    if prefetch is not None:  # a remote file: every local header in one concurrent batch
+        prefetch([(i.header_offset, i.header_offset + _LOCAL.size + len(i.filename.encode("utf-8")))
+                  for i in infos if i.header_offset >= 0 and not i.filename.endswith("/")])
     seen: set[str] = set()
     roots: set[str] = set()
     spans: list[tuple[int, int, str]] = []
