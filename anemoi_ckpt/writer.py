@@ -67,6 +67,9 @@ class Writer:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
         self.path = os.fspath(path)
         self.kind = kind
+        from .download import check_remote_output
+
+        check_remote_output(self.path)  # before anything: atomic_output would make "s3:/..." here
         self.uuid = str(uuidlib.uuid4())
         self.metadata = Metadata.model_validate(metadata if metadata is not None else {})
         self._parents = resolve_parents(parents)  # before writing: a bad parent fails fast
@@ -139,7 +142,12 @@ class Writer:
         rel = S.tensor_section_path(name)
         sec, member = source.section(rel), source._members[rel]
         with self._zw.open_member(f"{self._root}/{S.tensor_section_path(section)}") as m:
-            m.copy_from(source._fh.fileno(), member.data_offset, member.size, member.crc)
+            if source.remote is None:
+                m.copy_from(source._fh.fileno(), member.data_offset, member.size, member.crc)
+            else:  # a URL: the bytes pass through here, in chunks
+                step = 8 << 20
+                for off in range(0, member.size, step):
+                    m.write(source.read_bytes(member.data_offset + off, min(step, member.size - off)))
         if self._progress:
             self._progress.update(member.size)
         self._closed_names.add(section)

@@ -77,9 +77,12 @@ def scan(file: str, as_json: bool) -> None:
     """List the globals a pickled torch checkpoint references, and which would run code.
 
     Reads the pickle with the restricted unpickler: nothing in FILE is imported or executed."""
+    from ..download import localized
     from ..legacy.scan import scan as scan_file
 
-    report = scan_file(file)
+    with localized(file) as local:  # a URL: a pickle is only ever read from a local copy
+        report = scan_file(local)
+        report.path = file  # the name the user gave, not the temporary copy
     if as_json:
         emit_json(report.to_dict())
         return

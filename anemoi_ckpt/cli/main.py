@@ -61,5 +61,6 @@ def main() -> None:
     from . import adapter_cmds  # noqa: F401
     from . import diff_cmd  # noqa: F401
     from . import train_cmds  # noqa: F401
+    from . import remote_cmds  # noqa: F401
 
     cli(prog_name=PROG)

@@ -16,7 +16,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FormatError, UsageError
+from ..download import check_remote_output, localized
 from ..progress import Progress
+from ..urls import is_remote
 from .anc_source import check_not_same
 from .lineage_info import lineage_info
 from .plan import CAST_CODES, PlanError, build_plan, rename_in_document, select_sections
@@ -113,6 +115,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
     from ..writer import Writer
 
     src_path = os.fspath(src)
+    if dst is not None:
+        check_remote_output(dst)
+    if is_remote(src_path):
+        # A URL: the whole source is needed (and a pickle is only read from a local file), so
+        # it is fetched once to a temporary copy under its own name, then converted from there.
+        with localized(src_path, progress=progress) as local:
+            report = convert(local, dst, source_format=source_format, dry_run=dry_run,
+                             durable=durable, progress=progress, keep_layout=keep_layout,
+                             dtype=dtype, optimizer_positional=optimizer_positional, to=to,
+                             weights=weights, keep_dtype=keep_dtype, cast_only=cast_only, base=base)
+        report.source = src_path
+        return report
     if dtype is not None and dtype not in CAST_CODES:
         raise UsageError(src_path, f"unknown --dtype {dtype!r}", f"one of {', '.join(CAST_CODES)}")
     if to not in (None, "inference", "training"):

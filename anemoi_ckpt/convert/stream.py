@@ -195,7 +195,7 @@ def _by_reread(plan: WritePlan, dst: str, src: str = "",
 
 def _header_len(ck: Any, rel: str) -> int:
     m = ck._members[rel]
-    return int.from_bytes(bytes(ck._mm[m.data_offset:m.data_offset + 8]), "little")
+    return int.from_bytes(ck.read_bytes(m.data_offset, 8), "little")
 
 
 def _pread_equal(fd: int, offset: int, sfd: int, soffset: int, n: int) -> bool:

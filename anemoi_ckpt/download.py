@@ -1,0 +1,193 @@
+"""Downloading a checkpoint: resumable, verified, and put in place atomically.
+
+The bytes go to ``.<name>.part`` beside the target, in order, so a partial file is always a
+prefix of the source; ``.<name>.part.json`` records what is being fetched (the source, its size
+and, when known, the uuid and content id). A second run with the same source and size resumes
+from the end of the partial file. When every byte is there, the file is opened and verified
+(every section digest and the content id recomputed, the uuid and content id compared with what
+was expected) *before* it is renamed to its name: a damaged or substituted download never appears
+under the target name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import AncError, FormatError, IntegrityError, UsageError
+from .progress import Progress
+from .rangefile import CHUNK, RangeFile
+from .urls import basename, is_remote, local_path
+
+#: Chunks in flight at once (each ``rangefile.CHUNK`` bytes).
+IN_FLIGHT = 4
+
+
+@dataclass
+class DownloadReport:
+    source: str
+    path: str
+    size: int
+    uuid: str
+    content_id: str
+    transferred: int  # bytes fetched by this run
+    resumed_from: int  # bytes already present from an earlier, interrupted run
+    status: str  # "downloaded", or "present" (the target already held this checkpoint)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def as_url(location: str) -> str:
+    """A location for :class:`RangeFile`: a URL unchanged, a local path as ``file://``."""
+    local = local_path(location)
+    return Path(local).absolute().as_uri() if local is not None else location
+
+
+def _same_checkpoint(path: str, uuid: str | None, content_id: str | None) -> tuple[str, str] | None:
+    """(uuid, content id) of an intact ``.anc`` at ``path`` matching the expectation, else None."""
+    from .reader import open_checkpoint
+
+    try:
+        with open_checkpoint(path) as ck:
+            if (uuid and ck.uuid != uuid) or (content_id and ck.content_id != content_id):
+                return None
+            if not ck.verify(progress=False).ok:
+                return None
+            return ck.uuid, ck.content_id
+    except AncError:
+        return None
+
+
+def download(source: str, dest: str | os.PathLike, *, uuid: str | None = None,
+             content_id: str | None = None, progress: bool | None = None) -> DownloadReport:
+    """Fetch ``source`` (a URL or path) to ``dest`` (a file path, or an existing folder to put it
+    in under its own name). ``uuid``/``content_id``: what the file must be (from a catalogue)."""
+    dest = os.fspath(dest)
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, basename(source))
+    if os.path.exists(dest):
+        # Never overwrite: the same checkpoint already there is success, anything else an error.
+        found = _same_checkpoint(dest, uuid, content_id)
+        if found is None:
+            raise UsageError(dest, "exists and is not the checkpoint being fetched",
+                             "remove it or choose another -o")
+        return DownloadReport(source, dest, os.path.getsize(dest), found[0], found[1], 0, 0, "present")
+    folder, name = os.path.split(os.path.abspath(dest))
+    part, meta_path = os.path.join(folder, f".{name}.part"), os.path.join(folder, f".{name}.part.json")
+    remote = RangeFile(as_url(source))
+    meta = {"source": source, "size": remote.size, "uuid": uuid, "content_id": content_id}
+    start = _resumable_length(part, meta_path, meta)
+    with open(meta_path, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh)
+    fetched_before = remote.bytes_fetched  # the open read the tail; count only the body below
+    with open(part, "ab") as out, \
+            Progress.for_bytes(remote.size, f"fetching {name}", progress) as bar:
+        bar.update(start)
+        try:
+            _stream(remote, out, start, bar)
+        except AncError as e:
+            out.flush()
+            have = out.tell()
+            raise FormatError(source, f"transfer interrupted at byte {have:,} of {remote.size:,} "
+                              f"({e.what})", f"the {have:,} bytes are kept in {part}; run the "
+                              "same command again to resume") from None
+        os.fsync(out.fileno())
+    transferred = remote.bytes_fetched - fetched_before
+    remote.close()
+    got = _verify_part(part, source, uuid, content_id)
+    os.replace(part, dest)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(meta_path)
+    return DownloadReport(source, dest, os.path.getsize(dest), got[0], got[1], transferred, start,
+                          "downloaded")
+
+
+def _stream(remote: RangeFile, out: BinaryIO, pos: int, bar: Progress) -> None:
+    """Append the remote bytes from ``pos`` to the end, :data:`IN_FLIGHT` chunks at a time,
+    written in order (so an interrupted copy is a prefix of the source)."""
+    while pos < remote.size:
+        ranges = [(a, min(remote.size, a + CHUNK))
+                  for a in range(pos, min(remote.size, pos + IN_FLIGHT * CHUNK), CHUNK)]
+        for data in remote.fetch_many(ranges):
+            out.write(data)
+            bar.update(len(data))
+        out.flush()
+        pos = ranges[-1][1]
+
+
+def _resumable_length(part: str, meta_path: str, meta: dict) -> int:
+    """Bytes of an earlier partial download of the same source to keep (0: start afresh)."""
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        size = os.path.getsize(part)
+    except (OSError, ValueError):
+        old, size = None, 0
+    if old != meta or size > meta["size"]:
+        # Another source, or the source changed size: the bytes present are not a prefix of it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+        return 0
+    return size
+
+
+def _verify_part(part: str, source: str, uuid: str | None, content_id: str | None) -> tuple[str, str]:
+    from .reader import open_checkpoint
+
+    try:
+        with open_checkpoint(part) as ck:
+            if uuid and ck.uuid != uuid:
+                raise IntegrityError(source, f"holds uuid {ck.uuid}, expected {uuid}",
+                                     "the location holds another checkpoint")
+            if content_id and ck.content_id != content_id:
+                raise IntegrityError(source, f"content id {ck.content_id}, expected {content_id}",
+                                     "the location holds other weights than the catalogue records")
+            report = ck.verify(progress=False)
+            if not report.ok:
+                bad = ", ".join(s.path for s in report.damaged) or "content id"
+                raise IntegrityError(source, f"the downloaded file does not verify ({bad})",
+                                     "the partial download was removed; run fetch again")
+            return ck.uuid, ck.content_id
+    except AncError:
+        os.unlink(part)  # bytes that fail verification are not worth resuming from
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part + ".json")
+        raise
+
+
+@contextlib.contextmanager
+def localized(location: str | os.PathLike, *, progress: bool | None = None) -> Iterator[str]:
+    """A local path for ``location``: itself when local, else a temporary copy under the same
+    name, removed afterwards. For commands that need a whole local file (converting a pickle
+    from a URL); ``.anc`` readers use byte ranges instead."""
+    location = os.fspath(location)
+    local = local_path(location)
+    if local is not None:
+        yield local
+        return
+    tmp = tempfile.mkdtemp(prefix="anemoi-ckpt-")
+    try:
+        remote = RangeFile(location)
+        dest = os.path.join(tmp, basename(location))
+        with open(dest, "wb") as out, \
+                Progress.for_bytes(remote.size, f"fetching {basename(location)}", progress) as bar:
+            _stream(remote, out, 0, bar)
+        remote.close()
+        yield dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_remote_output(path: str | os.PathLike) -> None:
+    """Outputs are written atomically on a local filesystem; a URL output is refused early."""
+    if is_remote(os.fspath(path)):
+        raise FormatError(os.fspath(path), "cannot write to a URL",
+                          "write a local file, then upload it (or 'catalogue register' its URL)")
