@@ -1,0 +1,103 @@
+"""``s3://`` against moto's S3 server mode on loopback (its own process), bytes counted on the
+wire by a proxy in front of it. The endpoint reaches s3fs through fsspec's own configuration
+(``FSSPEC_S3_ENDPOINT_URL`` for a subprocess, ``fsspec.config.conf`` here), as a user would set it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import anemoi_ckpt
+from tests.servers import CountingProxy, MotoS3, s3_env
+from tests.test_remote import N_TENSORS, big_weights
+
+pytest.importorskip("s3fs", reason="s3:// needs s3fs (the remote extra)")
+boto3 = pytest.importorskip("boto3", reason="uploads to the test server use boto3")
+pytest.importorskip("moto", reason="the S3 server is moto's server mode")
+
+BUCKET = "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CountingProxy, Path, dict[str, str]]]:
+    import fsspec.config
+
+    root = tmp_path_factory.mktemp("s3src")
+    anemoi_ckpt.save(root / "base.anc", big_weights(0), kind="training")
+    anemoi_ckpt.save(root / "child.anc", big_weights(1), parents=[root / "base.anc"],
+                     operation="fine-tune")
+    server = MotoS3()
+    proxy = CountingProxy(server.port)
+    env = s3_env(f"http://127.0.0.1:{proxy.port}")
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    saved_conf = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"]}
+    try:
+        client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket=BUCKET)
+        for name in ("base.anc", "child.anc"):
+            client.upload_file(str(root / name), BUCKET, f"runs/{name}")
+        yield proxy, root, env
+    finally:
+        proxy.close()
+        server.close()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
+
+
+def s3_url(name: str) -> str:
+    return f"s3://{BUCKET}/runs/{name}"
+
+
+def test_inspect_and_lineage_transfer_kilobytes(s3) -> None:
+    proxy, root, _ = s3
+    proxy.reset()
+    with anemoi_ckpt.open(s3_url("child.anc")) as ck:
+        assert [r.operation for r in ck.lineage.records] == ["fine-tune", "create"]
+        assert len(ck.tensors()) == N_TENSORS
+    size = (root / "child.anc").stat().st_size
+    assert proxy.bytes_down < 256 << 10, (proxy.bytes_down, size)
+
+
+def test_partial_and_full_loads_match_the_file(s3) -> None:
+    proxy, root, _ = s3
+    with anemoi_ckpt.open(root / "child.anc") as local:
+        expected = {n: t.clone() for n, t in local.tensors().items()}
+    chosen = sorted(expected)[::10]
+    wanted = sum(expected[n].numel() * 4 for n in chosen)
+    proxy.reset()
+    with anemoi_ckpt.open(s3_url("child.anc")) as ck:
+        opened = proxy.bytes_down
+        for n in chosen:
+            assert torch.equal(ck.tensors()[n], expected[n])
+        body = proxy.bytes_down - opened
+        assert wanted <= body <= wanted * 1.02 + (128 << 10), (body, wanted)
+        assert ck.verify(progress=False).ok
+
+
+def test_cli_inspect_in_a_subprocess_configured_by_environment(s3) -> None:
+    _, root, env = s3
+    out = subprocess.run([sys.executable, "-m", "anemoi_ckpt", "inspect", s3_url("base.anc"), "--json"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    with anemoi_ckpt.open(root / "base.anc") as ck:
+        assert json.loads(out.stdout)["uuid"] == ck.uuid
+    out = subprocess.run([sys.executable, "-m", "anemoi_ckpt", "inspect", f"s3://{BUCKET}/runs/nothing.anc"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert out.returncode == 1 and "nothing.anc" in out.stderr and "Traceback" not in out.stderr
