@@ -82,6 +82,8 @@ def download(source: str, dest: str | os.PathLike, *, uuid: str | None = None,
         return DownloadReport(source, dest, os.path.getsize(dest), found[0], found[1], 0, 0, "present")
     folder, name = os.path.split(os.path.abspath(dest))
     part, meta_path = os.path.join(folder, f".{name}.part"), os.path.join(folder, f".{name}.part.json")
+    if uuid or content_id:  # the manifest first (kilobytes): a wrong file is not downloaded
+        _check_identity(source, uuid, content_id)
     remote = RangeFile(as_url(source))
     meta = {"source": source, "size": remote.size, "uuid": uuid, "content_id": content_id}
     start = _resumable_length(part, meta_path, meta)
@@ -116,11 +118,11 @@ def _stream(remote: RangeFile, out: BinaryIO, pos: int, bar: Progress) -> None:
     while pos < remote.size:
         ranges = [(a, min(remote.size, a + CHUNK))
                   for a in range(pos, min(remote.size, pos + IN_FLIGHT * CHUNK), CHUNK)]
-        for data in remote.fetch_many(ranges):
+        for (_, b), data in zip(ranges, remote.iter_fetch(ranges)):
             out.write(data)
             bar.update(len(data))
+            pos = b
         out.flush()
-        pos = ranges[-1][1]
 
 
 def _resumable_length(part: str, meta_path: str, meta: dict) -> int:
@@ -139,17 +141,28 @@ def _resumable_length(part: str, meta_path: str, meta: dict) -> int:
     return size
 
 
+def _check_identity(source: str, uuid: str | None, content_id: str | None) -> None:
+    from .reader import open_checkpoint
+
+    with open_checkpoint(source) as ck:
+        _compare(source, ck.uuid, ck.content_id, uuid, content_id)
+
+
+def _compare(source: str, got_uuid: str, got_cid: str, uuid: str | None, content_id: str | None) -> None:
+    if uuid and got_uuid != uuid:
+        raise IntegrityError(source, f"holds uuid {got_uuid}, expected {uuid}",
+                             "the location holds another checkpoint")
+    if content_id and got_cid != content_id:
+        raise IntegrityError(source, f"content id {got_cid}, expected {content_id}",
+                             "the location holds other weights than the catalogue records")
+
+
 def _verify_part(part: str, source: str, uuid: str | None, content_id: str | None) -> tuple[str, str]:
     from .reader import open_checkpoint
 
     try:
         with open_checkpoint(part) as ck:
-            if uuid and ck.uuid != uuid:
-                raise IntegrityError(source, f"holds uuid {ck.uuid}, expected {uuid}",
-                                     "the location holds another checkpoint")
-            if content_id and ck.content_id != content_id:
-                raise IntegrityError(source, f"content id {ck.content_id}, expected {content_id}",
-                                     "the location holds other weights than the catalogue records")
+            _compare(source, ck.uuid, ck.content_id, uuid, content_id)
             report = ck.verify(progress=False)
             if not report.ok:
                 bad = ", ".join(s.path for s in report.damaged) or "content id"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .errors import FormatError, IntegrityError
 from .urls import describe_error, filesystem
@@ -82,21 +82,30 @@ class RangeFile(io.RawIOBase):
 
     def fetch_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Fetch several ``(start, end)`` ranges at once (concurrently where the backend can)."""
+        out = list(self.iter_fetch(ranges))
+        return out
+
+    def iter_fetch(self, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+        """The ranges' bytes in order, fetched concurrently; a failed range raises only after
+        the ranges before it were yielded (a download keeps every byte it got in order)."""
         ranges = [(a, b) for a, b in ranges]
-        if not ranges:
-            return []
-        if len(ranges) == 1:
-            return [self._fetch(*ranges[0])]
+        if len(ranges) <= 1:
+            for a, b in ranges:
+                yield self._fetch(a, b)
+            return
         try:
             out = self._fs.cat_ranges([self._path] * len(ranges), [a for a, _ in ranges],
-                                      [b for _, b in ranges], on_error="raise")
+                                      [b for _, b in ranges], on_error="return")
         except Exception as e:  # noqa: BLE001
             raise FormatError(self.url, f"reading {len(ranges)} byte ranges failed "
                               f"({describe_error(e)})") from None
-        with self._lock:
-            self.bytes_fetched += sum(len(d) for d in out)
-            self.requests += len(out)
-        return [self._check(d, a, b) for d, (a, b) in zip(out, ranges)]
+        for data, (a, b) in zip(out, ranges):
+            if isinstance(data, BaseException):
+                raise FormatError(self.url, f"reading bytes {a}-{b} failed ({describe_error(data)})")
+            with self._lock:
+                self.bytes_fetched += len(data)
+                self.requests += 1
+            yield self._check(data, a, b)
 
     def read_into(self, buf: memoryview, start: int) -> None:
         """Fill ``buf`` with the file's bytes from ``start``, in concurrent chunks."""

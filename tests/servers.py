@@ -69,28 +69,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
+        cut = self.server.cut_at
+        stop = cut if cut is not None and start < cut < end else end
         with open(path, "rb") as fh:
             fh.seek(start)
-            left = end - start
+            left = stop - start
             while left > 0:
-                budget = self.server.cut_after
-                if budget is not None and budget <= 0:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)  # an interrupted transfer
-                    return
-                n = min(left, 1 << 20, budget if budget is not None else left)
-                data = fh.read(n)
+                data = fh.read(min(left, 1 << 20))
                 self.wfile.write(data)
-                if budget is not None:
-                    self.server.cut_after = budget - len(data)
                 left -= len(data)
+        if stop < end:  # an interrupted transfer: the connection drops mid-body
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     root: Path
     honour_ranges = True
-    cut_after: int | None = None  # bytes of file data left before the connection is dropped
+    cut_at: int | None = None  # a response spanning this file offset drops the connection there
     ranges: list[str | None]
 
 
@@ -113,9 +111,10 @@ class RangeServer:
     def honour_ranges(self, on: bool) -> None:
         self._srv.honour_ranges = on
 
-    def cut_after(self, nbytes: int | None) -> None:
-        """Drop the connection once ``nbytes`` more bytes of file data have been sent."""
-        self._srv.cut_after = nbytes
+    def cut_at(self, offset: int | None) -> None:
+        """Drop the connection of any response spanning file offset ``offset``, once the bytes
+        before it are sent (None: never)."""
+        self._srv.cut_at = offset
 
     @property
     def ranges(self) -> list[str | None]:
