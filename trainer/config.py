@@ -96,7 +96,11 @@ class OutputConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    #: A path, a URL (s3://, https://) or ``uuid:<uuid>``, found through ``catalogue``.
     base: str | None = None
+    #: The catalogue resolving ``uuid:`` references in ``base`` and ``--resume`` (default:
+    #: $ANEMOI_CKPT_CATALOGUE, else ~/.anemoi-ckpt/catalogue.db).
+    catalogue: str | None = None
     model: ModelConfig | None = None
     method: Literal["full", "lora", "freeze"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -86,6 +86,8 @@ def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain:
             model = build_model(spec)
         except BuilderError as e:
             raise ConfigError(base.path, e.what, e.hint) from None
+        if base.remote is not None:
+            base.read_ahead()  # a URL: the weights in one concurrent transfer, not one per tensor
         base.load_into(model, strict=True)
     else:
         assert cfg.model is not None
@@ -169,6 +171,14 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
     from .outputs import training_metadata, write_output
     from .sharding import gather_full_state, is_sharded, make_strategy
 
+    from anemoi_ckpt.fetch import resolve_ref
+
+    # uuid:<uuid> -> the first registered copy that opens as that checkpoint (a path or a URL):
+    # a run forks or resumes on any system that can reach one copy, whatever its run id or path.
+    if cfg.base is not None:
+        cfg = cfg.model_copy(update={"base": resolve_ref(cfg.base, cfg.catalogue)})
+    if resume is not None:
+        resume = resolve_ref(resume, cfg.catalogue)
     with ExitStack() as stack:
         prep = prepare(cfg, resume, stack, pretrain=pretrain)
         val_before = evaluate(prep.model, prep.val_data)

@@ -56,10 +56,13 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
-def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool, pretrain: bool) -> None:
+def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool, pretrain: bool,
+         catalogue: str | None = None) -> None:
     config, run = _trainer()
     _quiet_lightning()
     cfg = config.load_config(config_file, sets)
+    if catalogue is not None:
+        cfg.catalogue = catalogue
     try:
         result = run.train(cfg, resume=resume, pretrain=pretrain)
     except config.ConfigError as e:
@@ -83,26 +86,35 @@ def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: b
 _SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                     help="Override a config value (dotted key, YAML value), e.g. --set lora.r=16.")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+_CATALOGUE = click.option("--catalogue", type=click.Path(), help="Catalogue resolving uuid:<uuid> in "
+                          "base and --resume (overrides the config's catalogue; default: "
+                          "$ANEMOI_CKPT_CATALOGUE, else ~/.anemoi-ckpt/catalogue.db).")
 
 
 @cli.command("finetune")
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path())
 @_SET
-@click.option("--resume", type=click.Path(), help="Continue (or fork) from a training .anc.")
+@click.option("--resume", type=click.Path(), help="Continue (or fork) from a training .anc: a path, "
+              "a URL or uuid:<uuid> (through the catalogue).")
+@_CATALOGUE
 @_JSON
-def finetune_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool) -> None:
+def finetune_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, catalogue: str | None,
+                 as_json: bool) -> None:
     """Fine-tune the base .anc of CONFIG.yaml; `method: full | lora | freeze` picks the mode.
 
     Writes <output.dir>/<name>.anc (an adapter, a delta or a full model) and <name>-train.anc
     (the training state, for --resume)."""
-    _run(config_file, sets, resume, as_json, pretrain=False)
+    _run(config_file, sets, resume, as_json, pretrain=False, catalogue=catalogue)
 
 
 @cli.command("pretrain")
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path())
 @_SET
-@click.option("--resume", type=click.Path(), help="Continue from a training .anc.")
+@click.option("--resume", type=click.Path(), help="Continue from a training .anc (a path, a URL or "
+              "uuid:<uuid>).")
+@_CATALOGUE
 @_JSON
-def pretrain_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool) -> None:
+def pretrain_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, catalogue: str | None,
+                 as_json: bool) -> None:
     """Train the model of CONFIG.yaml (`model: {builder, config}`) from scratch; writes a full .anc."""
-    _run(config_file, sets, resume, as_json, pretrain=True)
+    _run(config_file, sets, resume, as_json, pretrain=True, catalogue=catalogue)
