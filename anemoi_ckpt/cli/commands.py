@@ -177,7 +177,7 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
 
 
 @cli.command()
-@click.argument("file", type=click.Path())
+@click.argument("file", metavar="FILE|URL|UUID", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["tree", "json", "dot", "mermaid"]), default="tree",
               show_default=True, help="How to draw the lineage.")
 @click.option("--verify", "check", is_flag=True,
@@ -186,13 +186,17 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
               help="Folder searched (recursively) for ancestors; repeatable.")
 @click.option("--strict", is_flag=True, help="With --verify, missing ancestors are errors too (exit 1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr while hashing.")
+@click.option("--catalogue", type=click.Path(),
+              help="Complete the history with the records this catalogue holds (parents FILE names "
+                   "only by reference); FILE may then be a registered uuid.")
 @json_option
 def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], strict: bool,
-            progress: bool | None, as_json: bool) -> None:
+            progress: bool | None, catalogue: str | None, as_json: bool) -> None:
     """Show where FILE came from: its lineage record and its ancestors'.
 
-    Reads only FILE's manifest and lineage.json, never its tensors. With --verify, exit 1 when an
-    ancestor found differs from its record (or, with --strict, is missing)."""
+    Reads only FILE's manifest and lineage.json, never its tensors (for a URL: a few kilobytes).
+    With --verify, exit 1 when an ancestor found differs from its record (or, with --strict, is
+    missing)."""
     from ..lineage_verify import report_lines, verify_lineage
     from ..lineage_view import RENDERERS, check_lineage
 
@@ -200,12 +204,20 @@ def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], stri
         raise click.UsageError("--verify needs at least one --search DIR")
     if strict and not check:
         raise click.UsageError("--strict only applies with --verify")
-    with open_checkpoint(file) as ck:
-        block, own = ck.lineage, ck.uuid
-    check_lineage(block, file, own)
+    resolved = None
+    if catalogue is not None:
+        from ..catalogue.lineage import lineage_through_catalogue
+
+        block, resolved = lineage_through_catalogue(catalogue, file)  # checked
+    else:
+        with open_checkpoint(file) as ck:
+            block, own = ck.lineage, ck.uuid
+        check_lineage(block, file, own)
     statuses = verify_lineage(block, search_dirs, progress) if check else None
     if as_json:
         doc = {"file": file, "lineage": block.model_dump(mode="json")}
+        if resolved is not None:
+            doc["resolved"] = resolved
         if statuses is not None:
             doc["ancestors"] = [s.to_dict() for s in statuses]
         emit_json(doc)

@@ -61,6 +61,7 @@ def main() -> None:
     from . import adapter_cmds  # noqa: F401
     from . import diff_cmd  # noqa: F401
     from . import train_cmds  # noqa: F401
+    from . import catalogue_cmds  # noqa: F401
     from . import remote_cmds  # noqa: F401
 
     cli(prog_name=PROG)
