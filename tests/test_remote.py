@@ -236,3 +236,30 @@ def test_url_output_refused_by_the_api(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="cannot write to a URL"):
         anemoi_ckpt.save("s3://bucket/x.anc", {"w": torch.zeros(2)})
     assert not list(tmp_path.iterdir()) and not Path("s3:").exists()
+
+
+def test_lineage_through_the_catalogue_of_a_remote_file(served, tmp_path: Path) -> None:
+    """A file naming its parent by reference only (no record in it): ``lineage URL --catalogue``
+    fills the parent's record in from the catalogue, and a uuid alone draws the same history."""
+    srv, proxy, root = served
+    with anemoi_ckpt.open(root / "base.anc") as ck:
+        ref = {"uuid": ck.uuid, "content_id": ck.content_id, "role": "base"}
+    anemoi_ckpt.save(root / "byref.anc", {"w": torch.zeros(3)}, parents=[ref], operation="fine-tune")
+    db = tmp_path / "cat.db"
+    assert run_cli("catalogue", "register", url(served, "base.anc"), "--catalogue", str(db)).returncode == 0
+    plain = run_cli("lineage", url(served, "byref.anc"))
+    assert "not an .anc: no record" in plain.stdout  # the file alone does not know its parent
+    proxy.reset()
+    out = run_cli("lineage", url(served, "byref.anc"), "--catalogue", str(db), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [r["uuid"] for r in doc["lineage"]["records"]][1] == ref["uuid"]
+    assert doc["resolved"]["from_catalogue"] == [ref["uuid"]]
+    assert proxy.bytes_down < 256 << 10  # the manifest and lineage of byref.anc only
+    tree = run_cli("lineage", url(served, "byref.anc"), "--catalogue", str(db))
+    assert "no record" not in tree.stdout and "create" in tree.stdout
+    assert run_cli("catalogue", "register", url(served, "byref.anc"), "--catalogue", str(db)).returncode == 0
+    with anemoi_ckpt.open(root / "byref.anc") as ck:
+        own = ck.uuid
+    by_uuid = run_cli("lineage", own[:8], "--catalogue", str(db))
+    assert by_uuid.returncode == 0 and by_uuid.stdout == tree.stdout

@@ -101,3 +101,38 @@ def test_cli_inspect_in_a_subprocess_configured_by_environment(s3) -> None:
     out = subprocess.run([sys.executable, "-m", "anemoi_ckpt", "inspect", f"s3://{BUCKET}/runs/nothing.anc"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert out.returncode == 1 and "nothing.anc" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_catalogue_with_s3_locations_fetch_and_gc(s3, tmp_path: Path) -> None:
+    from anemoi_ckpt import catalogue as cat
+    from anemoi_ckpt.fetch import fetch
+
+    proxy, root, _ = s3
+    client = boto3.client("s3", endpoint_url=os.environ["FSSPEC_S3_ENDPOINT_URL"], region_name="us-east-1")
+    anemoi_ckpt.save(tmp_path / "stray.anc", {"w": torch.ones(3)})
+    client.upload_file(str(tmp_path / "stray.anc"), BUCKET, "runs/stray.anc")
+    db = tmp_path / "cat.db"
+    done = cat.register(db, [s3_url("child.anc"), s3_url("base.anc"), s3_url("stray.anc")],
+                        require_parents=True)  # the parent is registered first
+    assert [r["status"] for r in done] == ["new"] * 3
+    assert done[0]["location"] == s3_url("base.anc")  # parents first, whatever the order given
+    with anemoi_ckpt.open(root / "child.anc") as ck:
+        child = ck.uuid
+    cat.tag(db, child, "production")
+    # fetch by uuid from S3: the body once, verified.
+    proxy.reset()
+    report = fetch(child[:8], tmp_path / "scratch.anc", catalogue=db, register=True)
+    assert (tmp_path / "scratch.anc").read_bytes() == (root / "child.anc").read_bytes()
+    assert report.transferred == (root / "child.anc").stat().st_size
+    assert cat.locate(db, child)[0] == str(tmp_path / "scratch.anc")  # the local copy first
+    # gc keeps production and its ancestors; the stray checkpoint's S3 object is deleted.
+    plan = cat.gc_plan(db, ["production"])
+    stray = [c["uuid"] for c in plan]
+    assert len(stray) == 1
+    result = cat.gc(db, ["production"], delete=True)
+    assert result["deleted"] == 1, result
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"]}
+    assert keys == {"runs/base.anc", "runs/child.anc"}
+    with anemoi_ckpt.open(root / "base.anc") as ck:
+        base = ck.uuid
+    assert {e["uuid"] for e in cat.list_entries(db)} == {child, base}
