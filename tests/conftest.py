@@ -51,6 +51,18 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
                           timeout=120)
 
 
+def one_error_line(out: subprocess.CompletedProcess[str], *fragments: str, rc: int = 1) -> str:
+    """The single ``anemoi-ckpt: error:`` line of a failed command (no traceback), holding each
+    fragment; returns it."""
+    assert out.returncode == rc, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anemoi-ckpt: error: "), out.stderr
+    assert "Traceback" not in out.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
 def section_span(path: Path, rel: str) -> tuple[int, int]:
     """(data offset, size) of a member, from the reader's own zip parsing."""
     with anemoi_ckpt.open(path) as ck:

@@ -22,7 +22,7 @@ from anemoi_ckpt import catalogue as cat
 from anemoi_ckpt.catalogue.register import Entry, parents_first
 from anemoi_ckpt.lineage_view import RENDERERS, check_lineage
 from anemoi_ckpt.schema import Lineage, LineageRecord, ParentRef, Tool
-from tests.conftest import run_cli
+from tests.conftest import one_error_line, run_cli
 
 
 def save(path: Path, v: float, **kw) -> Path:
@@ -34,16 +34,6 @@ def save(path: Path, v: float, **kw) -> Path:
 def ident(path: Path) -> tuple[str, str]:
     with anemoi_ckpt.open(path) as ck:
         return ck.uuid, ck.content_id
-
-
-def one_error_line(out: subprocess.CompletedProcess[str], *fragments: str, rc: int = 1) -> str:
-    assert out.returncode == rc, (out.stdout, out.stderr)
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("anemoi-ckpt: error: "), out.stderr
-    assert "Traceback" not in out.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def ok(out: subprocess.CompletedProcess[str]) -> str:

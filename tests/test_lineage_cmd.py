@@ -22,7 +22,7 @@ import anemoi_ckpt
 from anemoi_ckpt import FormatError
 from anemoi_ckpt.convert import convert
 from anemoi_ckpt.lineage_view import mermaid_id, render_dot, render_mermaid
-from tests.conftest import run_cli
+from tests.conftest import one_error_line, run_cli
 from tests.test_damaged import Archive
 
 
@@ -71,16 +71,6 @@ def ident(path: Path) -> tuple[str, str, str, str]:
 def uuid_of(path: Path) -> str:
     with anemoi_ckpt.open(path) as ck:
         return ck.uuid
-
-
-def one_error_line(out: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert out.returncode == 1, (out.stdout, out.stderr)
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("anemoi-ckpt: error: "), out.stderr
-    assert "Traceback" not in out.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 # --- rendering -------------------------------------------------------------------------------

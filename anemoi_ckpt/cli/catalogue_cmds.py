@@ -14,6 +14,7 @@ import click
 from .. import catalogue as cat
 from ..errors import one_line
 from ..lineage_view import short_cid, short_date, short_uuid
+from ..summary import human_size as summary_size
 from .main import cli, emit_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -28,14 +29,7 @@ def catalogue_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+    return "?" if n is None else summary_size(n)  # the units inspect prints
 
 
 def columns(rows: Sequence[Sequence[str]]) -> list[str]:
