@@ -31,10 +31,12 @@ def load_into(ck: "Checkpoint", module: torch.nn.Module, *, strict: bool = True,
             parts.append(f"{len(unexpected)} unexpected tensor(s): {_listing(unexpected)}")
         raise FormatError(ck.path, "; ".join(parts), "the file was written for a different model; "
                           "pass strict=False to load the common tensors", section=section)
-    wrong = [f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
+    wrong = [f"{k} {tensors.shape(k)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in tensors and tensors.shape(k) != tuple(v.shape)]
     if wrong:
         raise FormatError(ck.path, f"shape mismatch for {len(wrong)} tensor(s): {_listing(wrong, 3)}",
                           "the file was written for a different model configuration", section=section)
+    if ck.remote is not None:  # a URL: the tensors needed, in a few concurrent requests
+        ck.read_ahead(section, names=[k for k in expected if k in tensors])
     common = {k: tensors[k] for k in expected if k in tensors}
     module.load_state_dict(common, strict=False)

@@ -30,6 +30,20 @@ TAIL = 64 << 10
 MAX_CACHED = 1 << 20
 #: Chunk size for a large read split into concurrent requests.
 CHUNK = 8 << 20
+#: Ranges closer than this are fetched as one (the gap's bytes cost less than a round trip).
+MAX_GAP = 64 << 10
+
+
+def coalesce(ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """Sorted ``(start, end)`` ranges with overlapping ones, and those less than ``gap`` apart,
+    merged."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(r for r in ranges if r[1] > r[0]):
+        if out and a <= out[-1][1] + gap:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 class RangeFile(io.RawIOBase):
@@ -106,6 +120,22 @@ class RangeFile(io.RawIOBase):
                 self.bytes_fetched += len(data)
                 self.requests += 1
             yield self._check(data, a, b)
+
+    def fetch_spans(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, bytearray]]:
+        """The bytes of many ranges as ``(start, buffer)`` spans: neighbours closer than
+        :data:`MAX_GAP` are merged (a few wasted bytes against a round trip each), and the spans
+        are fetched concurrently, in :data:`CHUNK` pieces, at most 64 MB in flight."""
+        out = [(a, bytearray(b - a)) for a, b in coalesce(ranges, MAX_GAP)]
+        jobs = [(a + o, a + min(len(buf), o + CHUNK), buf, o) for a, buf in out
+                for o in range(0, len(buf), CHUNK)]
+        while jobs:
+            batch, size = [], 0
+            while jobs and len(batch) < 64 and (not batch or size + jobs[0][1] - jobs[0][0] <= 8 * CHUNK):
+                batch.append(jobs.pop(0))
+                size += batch[-1][1] - batch[-1][0]
+            for (_, _, buf, o), data in zip(batch, self.iter_fetch([(a, b) for a, b, _, _ in batch])):
+                buf[o:o + len(data)] = data
+        return out
 
     def read_into(self, buf: memoryview, start: int) -> None:
         """Fill ``buf`` with the file's bytes from ``start``, in concurrent chunks."""

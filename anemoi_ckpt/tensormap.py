@@ -70,6 +70,10 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
             self._cache[target] = t
         return t
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape from the header, without reading (or fetching) its bytes."""
+        return tuple(self.entries[self.aliases.get(name, name)].shape)
+
     def __iter__(self) -> Iterator[str]:
         yield from self.entries
         yield from self.aliases

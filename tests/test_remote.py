@@ -85,6 +85,42 @@ def test_partial_load_transfers_about_the_tensors_asked_for(served) -> None:
     assert wanted <= body <= wanted * 1.02 + 64 * 1024, (body, wanted)
 
 
+def test_read_ahead_of_named_tensors_batches_requests(served) -> None:
+    _, proxy, root = served
+    with anemoi_ckpt.open(root / "child.anc") as local:
+        expected = {n: t.clone() for n, t in local.tensors().items()}
+        order = sorted(expected, key=local.tensors()._offsets.__getitem__)
+    # A run of neighbours (in file order) and two strays: three spans to fetch.
+    chosen = order[10:30] + [order[50], order[90]]
+    wanted = sum(expected[n].numel() * expected[n].element_size() for n in chosen)
+    with anemoi_ckpt.open(url(served, "child.anc")) as ck:
+        proxy.reset()
+        before = ck.remote.requests
+        ck.read_ahead(names=chosen)
+        fetched = ck.remote.requests - before
+        for n in chosen:
+            assert torch.equal(ck.tensors()[n], expected[n])
+        assert ck.remote.requests - before == fetched  # nothing more after the batch
+        with pytest.raises(AncError, match="no tensor 'nope'"):
+            ck.read_ahead(names=["nope"])
+    assert fetched <= 3 + 1  # neighbours shared requests (a run over 8 MB takes two)
+    assert wanted <= proxy.bytes_down <= wanted * 1.05 + (64 << 10)
+
+
+def test_load_into_a_module_from_a_url(served) -> None:
+    _, _, root = served
+    module = torch.nn.Module()
+    for name, t in big_weights(1).items():
+        module.register_buffer(name.replace(".", "_"), torch.zeros_like(t))
+    renamed = root / "module.anc"
+    anemoi_ckpt.save(renamed, {n.replace(".", "_"): t for n, t in big_weights(1).items()})
+    with anemoi_ckpt.open(url(served, "module.anc")) as ck:
+        ck.load_into(module)
+        assert ck.remote.requests < N_TENSORS // 4  # batched, not one request per tensor
+    for name, t in big_weights(1).items():
+        assert torch.equal(getattr(module, name.replace(".", "_")), t)
+
+
 def test_read_ahead_fetches_a_section_in_one_transfer_and_tensors_match(served) -> None:
     _, proxy, root = served
     proxy.reset()
