@@ -299,3 +299,4 @@ def test_lineage_through_the_catalogue_of_a_remote_file(served, tmp_path: Path) 
         own = ck.uuid
     by_uuid = run_cli("lineage", own[:8], "--catalogue", str(db))
     assert by_uuid.returncode == 0 and by_uuid.stdout == tree.stdout
+
