@@ -5,8 +5,9 @@ same weights; then an anemoi-style Lightning training checkpoint (real ``torch.s
 AdamW state) converted to a training ``.anc``, that to an inference ``.anc``, and the lineage
 linking the three; a regional fine-tune split into a LoRA adapter and merged back. Then the
 training story (:mod:`.demo_train`): pretrain a base, fine-tune it with LoRA and with freeze on
-regional data, merge, convert to inference, lineage and losses. Each step checks what it claims
-and the demo fails loudly otherwise.
+regional data, merge, convert to inference, lineage and losses. Last (:mod:`.demo_catalogue`):
+every file into a catalogue, tagged, its lineage resolved and fetched by uuid. Each step checks
+what it claims and the demo fails loudly otherwise.
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ def run_demo(out_dir: str | Path, *, channels: int = 64, layers: int = 2,
         from .demo_train import run_training_story
 
         ok &= run_training_story(out, echo, first_step=12) is not False
+    from .demo_catalogue import run_catalogue_story
+
+    ok &= run_catalogue_story(out, echo)
     return bool(ok)
 
 

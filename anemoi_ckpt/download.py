@@ -18,7 +18,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from .errors import AncError, FormatError, IntegrityError, UsageError
@@ -48,7 +47,8 @@ class DownloadReport:
 def as_url(location: str) -> str:
     """A location for :class:`RangeFile`: a URL unchanged, a local path as ``file://``."""
     local = local_path(location)
-    return Path(local).absolute().as_uri() if local is not None else location
+    # Not Path.as_uri(): it percent-encodes ("+" -> "%2B"), and fsspec takes file:// literally.
+    return "file://" + os.path.abspath(local) if local is not None else location
 
 
 def _same_checkpoint(path: str, uuid: str | None, content_id: str | None) -> tuple[str, str] | None:

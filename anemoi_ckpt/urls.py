@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from .errors import FormatError
 
@@ -32,13 +32,17 @@ def local_path(location: str | os.PathLike) -> str | None:
     any other URL."""
     if not is_url(location):
         return os.fspath(location)
-    parts = urlsplit(str(location))
-    if parts.scheme.lower() != "file":
+    text = str(location)
+    if protocol(text) != "file":
         return None
-    if parts.netloc not in ("", "localhost"):
-        raise FormatError(str(location), f"file:// URL names host {parts.netloc!r}",
+    # Taken literally, as fsspec does: no percent-decoding, and "#" or "?" are part of the name.
+    rest = text[len("file://"):]
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost"):]
+    if not rest.startswith("/"):
+        raise FormatError(text, f"file:// URL names host {rest.split('/', 1)[0]!r}",
                           "use file:///absolute/path")
-    return unquote(parts.path)
+    return rest
 
 
 def is_remote(location: str | os.PathLike) -> bool:

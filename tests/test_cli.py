@@ -108,6 +108,15 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert ck.kind == "adapter"
     with anemoi_ckpt.open(train / "base+lora.anc") as ck:
         assert ck.kind == "inference" and len(ck.lineage.records) >= 3
+    # The catalogue part: every file registered, one tagged, fetched by uuid, a gc plan.
+    files = [p for p in (tmp_path / "d").rglob("*.anc") if "fetched" not in p.parts]
+    assert f"{len(files)} files (parents first)" in text
+    assert "list --tag production" in text and "verified (digests, content id)" in text
+    listed = json.loads(run_cli("catalogue", "list", "--tag", "production", "--catalogue",
+                                str(tmp_path / "d" / "catalogue.db"), "--json").stdout)
+    assert len(listed) == 1 and len(listed[0]["locations"]) == 2  # the file and its fetched copy
+    fetched = next((tmp_path / "d" / "fetched").iterdir())
+    assert fetched.read_bytes() == Path(listed[0]["locations"][0]).read_bytes()
 
 
 def test_usage_errors_exit_2() -> None:

@@ -189,11 +189,22 @@ def test_convert_and_scan_a_pickle_from_a_url(tmp_path: Path) -> None:
         assert a.content_id == b.content_id, ref.stderr
 
 
-def test_file_url_is_a_path(served) -> None:
+def test_file_url_is_a_path(served, tmp_path: Path) -> None:
     _, _, root = served
     with anemoi_ckpt.open((root / "base.anc").as_uri()) as ck:
         assert ck.remote is None and ck._mm is not None  # memory-mapped like a path
         assert ck.verify(progress=False).ok
+    # Taken literally, as fsspec takes it: "+", "#" and "%" are part of the name.
+    odd = tmp_path / "a+b#1%2B.anc"
+    anemoi_ckpt.save(odd, {"w": torch.ones(3)})
+    with anemoi_ckpt.open(f"file://{odd}") as ck:
+        assert ck.path == f"file://{odd}" and torch.equal(ck.tensors()["w"], torch.ones(3))
+    from anemoi_ckpt.download import download
+
+    report = download(str(odd), tmp_path / "copy.anc")  # read by range through fsspec's file://
+    assert (tmp_path / "copy.anc").read_bytes() == odd.read_bytes() and report.transferred == odd.stat().st_size
+    out = run_cli("inspect", "file://relative/x.anc")
+    assert out.returncode == 1 and "file:///absolute/path" in out.stderr
 
 
 def test_errors_are_one_line(served, tmp_path: Path) -> None:
