@@ -71,8 +71,12 @@ def download(source: str, dest: str | os.PathLike, *, uuid: str | None = None,
     """Fetch ``source`` (a URL or path) to ``dest`` (a file path, or an existing folder to put it
     in under its own name). ``uuid``/``content_id``: what the file must be (from a catalogue)."""
     dest = os.fspath(dest)
+    if dest.endswith(("/", os.sep)):
+        os.makedirs(dest, exist_ok=True)  # "-o models/": a folder, made if missing
     if os.path.isdir(dest):
         dest = os.path.join(dest, basename(source))
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dest))):
+        raise UsageError(dest, "its folder does not exist", "give an existing folder, or end -o with /")
     if os.path.exists(dest):
         # Never overwrite: the same checkpoint already there is success, anything else an error.
         found = _same_checkpoint(dest, uuid, content_id)

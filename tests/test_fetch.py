@@ -120,6 +120,10 @@ def test_falls_back_to_the_next_location(site, tmp_path: Path) -> None:
 
 def test_unknown_uuid_and_existing_other_file(site, tmp_path: Path) -> None:
     srv, _, served, db, uuid, _ = site
+    out = fetch(uuid, "--catalogue", str(db), "-o", str(tmp_path / "no" / "such" / "m.anc"))
+    assert out.returncode == 2 and "its folder does not exist" in out.stderr
+    out = fetch(uuid, "--catalogue", str(db), "-o", f"{tmp_path / 'new'}/")
+    assert out.returncode == 0 and (tmp_path / "new" / "model.anc").is_file(), out.stderr
     out = fetch("0123456789abcdef", "--catalogue", str(db), "-o", str(tmp_path))
     assert out.returncode != 0 and "no checkpoint or lineage record with uuid" in out.stderr and "Traceback" not in out.stderr
     other = tmp_path / "model.anc"

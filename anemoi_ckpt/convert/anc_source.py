@@ -17,6 +17,14 @@ from .sources import Source
 
 
 def is_anc(path: str) -> bool:
+    from ..urls import is_remote
+
+    if is_remote(path):  # a URL: its zip directory names a manifest (kilobytes fetched)
+        try:
+            with open_checkpoint(path):
+                return True
+        except AncError:
+            return False
     if os.path.isdir(path):
         return False
     try:
