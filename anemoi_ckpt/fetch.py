@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from .download import DownloadReport, download
-from .errors import AncError, FormatError, one_line
+from .errors import AncError, FormatError, UsageError, one_line
 from .urls import is_url
 
 UUID_REF = "uuid:"
@@ -88,6 +88,8 @@ def fetch(what: str, out: str | os.PathLike, *, catalogue: str | os.PathLike | N
                 report = download(loc, out, uuid=found.uuid, content_id=found.content_id,
                                   progress=progress)
                 break
+            except UsageError:
+                raise  # about the target (a missing folder, another file there): no location helps
             except AncError as e:
                 if "transfer interrupted" in e.what:
                     raise  # resumable: the next run continues from this location
