@@ -29,6 +29,10 @@ from .urls import basename, is_remote, local_path
 IN_FLIGHT = 4
 
 
+class TransferInterrupted(FormatError):
+    """A download stopped midway; its bytes are kept and the same call resumes it."""
+
+
 @dataclass
 class DownloadReport:
     source: str
@@ -102,7 +106,7 @@ def download(source: str, dest: str | os.PathLike, *, uuid: str | None = None,
         except AncError as e:
             out.flush()
             have = out.tell()
-            raise FormatError(source, f"transfer interrupted at byte {have:,} of {remote.size:,} "
+            raise TransferInterrupted(source, f"transfer interrupted at byte {have:,} of {remote.size:,} "
                               f"({e.what})", f"the {have:,} bytes are kept in {part}; run the "
                               "same command again to resume") from None
         os.fsync(out.fileno())

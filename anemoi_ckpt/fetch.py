@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .download import DownloadReport, download
+from .download import DownloadReport, TransferInterrupted, download
 from .errors import AncError, FormatError, UsageError, one_line
 from .urls import is_url
 
@@ -88,11 +88,11 @@ def fetch(what: str, out: str | os.PathLike, *, catalogue: str | os.PathLike | N
                 report = download(loc, out, uuid=found.uuid, content_id=found.content_id,
                                   progress=progress)
                 break
-            except UsageError:
-                raise  # about the target (a missing folder, another file there): no location helps
+            except (UsageError, TransferInterrupted):
+                # About the target (no location helps), or resumable: the next run continues
+                # from this location's bytes.
+                raise
             except AncError as e:
-                if "transfer interrupted" in e.what:
-                    raise  # resumable: the next run continues from this location
                 errors.append(e.line())
         if report is None:
             raise FormatError(db, one_line(f"no copy of {found.uuid} could be fetched "
