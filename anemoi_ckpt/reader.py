@@ -31,6 +31,7 @@ from . import __version__, sections as S
 from .anemoi_meta import check_leaf, iter_leaves, nest
 from .errors import FormatError, IntegrityError, UsageError, VersionError
 from .hashing import sha256_hex, tagged
+from .filebytes import FetchedBytes, MappedBytes
 from .rangefile import RangeFile
 from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, Manifest, Metadata, Section
 from .tensormap import TensorMapping
@@ -45,27 +46,6 @@ MAX_JSON = 256 << 20
 _READER_MAJOR = Version(FORMAT_VERSION).major
 
 
-def _advise(mm: mmap.mmap, how: str, start: int = 0, length: int | None = None) -> None:
-    flag = getattr(mmap, how, None)
-    if flag is None or not hasattr(mm, "madvise"):
-        return
-    try:
-        if length is None:
-            mm.madvise(flag)
-        else:
-            lo = start // mmap.PAGESIZE * mmap.PAGESIZE
-            mm.madvise(flag, lo, min(len(mm), start + length) - lo)
-    except (OSError, ValueError):
-        pass  # advice only
-
-
-def prefetch(mm: mmap.mmap | None, start: int, length: int) -> None:
-    """Ask the kernel to read ``[start, start+length)`` ahead (a tensor or section about to be
-    read whole), overriding the map's no-readahead default for that range."""
-    if mm is not None and length > 0:
-        _advise(mm, "MADV_WILLNEED", start, length)
-
-
 class UnknownSectionWarning(UserWarning):
     """An optional section written by a newer anemoi-ckpt was ignored."""
 
@@ -78,7 +58,6 @@ class Checkpoint:
         local = local_path(self.path)
         #: The remote file for a URL (None for a local file, which is memory-mapped).
         self.remote: RangeFile | None = None
-        self._ahead: list[tuple[int, bytearray]] = []  # remote sections fetched whole (read_ahead)
         self.closed = False
         if local is None:
             self._fh: Any = RangeFile(self.path)
@@ -113,13 +92,8 @@ class Checkpoint:
         size = self.remote.size if self.remote is not None else os.fstat(self._fh.fileno()).st_size
         self.size = size  # bytes in the file
         self.root, self._members = read_directory(self.path, self._fh, size)  # has a manifest
-        self._mm: mmap.mmap | None = None
-        if self.remote is None:
-            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
-            # No readahead by default: the kernel would read megabytes around every small JSON or
-            # header we touch (inspect and lineage must read almost nothing of a large file).
-            # Tensor and verify reads ask for their own ranges with prefetch().
-            _advise(self._mm, "MADV_RANDOM")
+        self._bytes = MappedBytes(self._fh.fileno()) if self.remote is None else FetchedBytes(self.remote)
+        self._mm: mmap.mmap | None = self._bytes.mm  # a local file's map (None for a URL)
         member = self._members[S.MANIFEST_PATH]
         raw = self._member_bytes(member, S.MANIFEST_PATH)
         # The manifest holds every other digest but has none of its own: the zip CRC-32 is what
@@ -185,54 +159,21 @@ class Checkpoint:
             raise UsageError(self.path, "the checkpoint is closed", "read tensors inside "
                              "'with anemoi_ckpt.open(...)', or keep the tensors you need")
 
-    def _fetched(self, start: int, n: int) -> memoryview | None:
-        for base, buf in self._ahead:
-            if base <= start and start + n <= base + len(buf):
-                return memoryview(buf)[start - base:start - base + n]
-        return None
-
     def read_bytes(self, start: int, n: int) -> bytes:
         """``n`` bytes of the file from ``start`` (a local map slice, or a remote range)."""
         self._check_open()
-        if self.remote is None:
-            return self._mm[start:start + n]  # type: ignore[index]
-        got = self._fetched(start, n)
-        return bytes(got) if got is not None else self.remote.pread(start, n)
+        return self._bytes.read(start, n)
 
     def buffer(self, start: int, n: int) -> tuple[Any, int]:
         """(a writable buffer, offset in it) holding the file's bytes ``[start, start+n)``: the
         private map itself for a local file (zero-copy), a fetched copy for a URL."""
         self._check_open()
-        if self.remote is None:
-            prefetch(self._mm, start, n)
-            return self._mm, start
-        for base, buf in self._ahead:
-            if base <= start and start + n <= base + len(buf):
-                return buf, start - base
-        buf = bytearray(n)
-        self.remote.read_into(memoryview(buf), start)
-        return buf, 0
+        return self._bytes.buffer(start, n)
 
     def digest_range(self, start: int, n: int) -> str:
         """sha256 hex of the file's bytes ``[start, start+n)``, read in chunks for a URL."""
-        import hashlib
-
         self._check_open()
-        if self.remote is None:
-            prefetch(self._mm, start, n)
-            view = memoryview(self._mm)[start:start + n]  # type: ignore[arg-type]
-            try:
-                return sha256_hex(view)
-            finally:
-                view.release()
-        got = self._fetched(start, n)
-        if got is not None:
-            return sha256_hex(got)
-        h = hashlib.sha256()
-        chunk = 8 << 20
-        for off in range(start, start + n, chunk):
-            h.update(self.remote.pread(off, min(chunk, start + n - off), cache=False))
-        return h.hexdigest()
+        return self._bytes.digest(start, n)
 
     def _json(self, raw: bytes, label: str) -> Any:
         try:
@@ -392,30 +333,19 @@ class Checkpoint:
         the layout allows (neighbouring tensors share one), and the tensors then view them:
         hundreds of small tensors cost a few round trips, not one each."""
         mapping = self.tensors(section)  # checks the name
-        member = self._members[S.tensor_section_path(section)]
-        if names is not None:
-            spans = []
-            for name in names:
-                target = mapping.aliases.get(name, name)
-                if target not in mapping.entries:
-                    raise UsageError(self.path, f"no tensor {name!r} in section {section!r}")
-                spans.append((mapping._offsets[target], mapping._offsets[target] + mapping.entries[target].nbytes))
-            if self.remote is not None:
-                todo = [(a, b) for a, b in spans if b > a and self._fetched(a, b - a) is None]
-                self._ahead.extend(self.remote.fetch_spans(todo))
-            else:
-                for a, b in spans:
-                    prefetch(self._mm, a, b - a)
+        self._check_open()
+        if names is None:
+            member = self._members[S.tensor_section_path(section)]
+            self._bytes.ahead(member.data_offset, member.size)
             return
-        if self.remote is not None:
-            # A URL: the whole section in concurrent chunks (one transfer rather than a request
-            # per tensor); tensors then view this buffer.
-            if self._fetched(member.data_offset, member.size) is None:
-                buf = bytearray(member.size)
-                self.remote.read_into(memoryview(buf), member.data_offset)
-                self._ahead.append((member.data_offset, buf))
-        elif self._mm is not None:
-            _advise(self._mm, "MADV_NORMAL", member.data_offset, member.size)
+        spans = []
+        for name in names:
+            target = mapping.aliases.get(name, name)
+            if target not in mapping.entries:
+                raise UsageError(self.path, f"no tensor {name!r} in section {section!r}")
+            start = mapping._offsets[target]
+            spans.append((start, start + mapping.entries[target].nbytes))
+        self._bytes.ahead_spans(spans)
 
     def state_dict(self, section: str = "weights") -> dict[str, torch.Tensor]:
         """All tensors of a section; aliases are the same tensor object as their target."""
@@ -436,11 +366,9 @@ class Checkpoint:
     # --- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
         self._tensor_cache = {}
-        self._ahead = []
         self.closed = True
-        # Never mm.close(): torch.frombuffer keeps a reference to the map but no buffer export,
-        # so closing would unmap memory that live tensors still point at (a segfault on their
-        # next use). Dropping our reference unmaps it as soon as the last tensor is freed.
+        if hasattr(self, "_bytes"):
+            self._bytes.release()
         self._mm = None
         self._fh.close()
 

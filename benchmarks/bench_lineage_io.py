@@ -154,7 +154,7 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
 # What-if: the same CLI, with the reader's file map advised MADV_RANDOM (only in that process).
 MADV_RANDOM_LAUNCHER = """\
 import mmap, sys, types
-import anemoi_ckpt.reader as reader
+import anemoi_ckpt.filebytes as reader  # where the map is made
 def _map(*a, **k):
     m = mmap.mmap(*a, **k)
     m.madvise(mmap.MADV_RANDOM)
