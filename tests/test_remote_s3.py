@@ -130,7 +130,8 @@ def test_catalogue_with_s3_locations_fetch_and_gc(s3, tmp_path: Path) -> None:
     stray = [c["uuid"] for c in plan]
     assert len(stray) == 1
     result = cat.gc(db, ["production"], delete=True)
-    assert result["deleted"] == 1, result
+    assert [(r["uuid"], r["removed"]) for r in result["results"]] == [(stray[0], True)], result
+    assert [loc["action"] for loc in result["results"][0]["locations"]] == ["deleted"]
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"]}
     assert keys == {"runs/base.anc", "runs/child.anc"}
     with anemoi_ckpt.open(root / "base.anc") as ck:
