@@ -96,6 +96,26 @@ def gnn_anc(tmp_path_factory):
     return anc
 
 
+def test_load_model_from_a_url(gnn_anc) -> None:
+    """The same model from an HTTP URL (a loopback range server): one transfer of the weights,
+    outputs bit for bit those of the local file."""
+    from tests.servers import CountingProxy, RangeServer
+
+    local = load_model(gnn_anc)
+    with RangeServer(gnn_anc.parent) as srv:
+        proxy = CountingProxy(srv.port)
+        remote = load_model(srv.url(gnn_anc.name, proxy.port))
+        proxy.close()
+    assert proxy.bytes_down < gnn_anc.stat().st_size * 1.05 + (256 << 10)  # the file once, at most
+    for name, t in local.state_dict().items():
+        assert torch.equal(remote.state_dict()[name], t), name
+    batch = random_batch(local, 0)
+    with torch.no_grad():
+        a = local.predict_step({k: v.clone() for k, v in batch.items()})
+        b = remote.predict_step({k: v.clone() for k, v in batch.items()})
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_weights_are_copy_on_write_views_and_init_is_restored(gnn_anc) -> None:
     import hashlib
 
