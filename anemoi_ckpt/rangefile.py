@@ -16,6 +16,7 @@ import bisect
 import io
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .errors import FormatError, IntegrityError
 from .urls import describe_error, filesystem
@@ -96,8 +97,7 @@ class RangeFile(io.RawIOBase):
 
     def fetch_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Fetch several ``(start, end)`` ranges at once (concurrently where the backend can)."""
-        out = list(self.iter_fetch(ranges))
-        return out
+        return list(self.iter_fetch(ranges))
 
     def iter_fetch(self, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
         """The ranges' bytes in order, fetched concurrently; a failed range raises only after
@@ -121,30 +121,33 @@ class RangeFile(io.RawIOBase):
                 self.requests += 1
             yield self._check(data, a, b)
 
-    def fetch_spans(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, bytearray]]:
-        """The bytes of many ranges as ``(start, buffer)`` spans: neighbours closer than
-        :data:`MAX_GAP` are merged (a few wasted bytes against a round trip each), and the spans
-        are fetched concurrently, in :data:`CHUNK` pieces, at most 64 MB in flight."""
-        out = [(a, bytearray(b - a)) for a, b in coalesce(ranges, MAX_GAP)]
-        jobs = [(a + o, a + min(len(buf), o + CHUNK), buf, o) for a, buf in out
-                for o in range(0, len(buf), CHUNK)]
-        while jobs:
-            batch, size = [], 0
-            while jobs and len(batch) < 64 and (not batch or size + jobs[0][1] - jobs[0][0] <= 8 * CHUNK):
-                batch.append(jobs.pop(0))
-                size += batch[-1][1] - batch[-1][0]
+    def _fill(self, jobs: list[tuple[int, int, Any, int]]) -> None:
+        """Fetch each ``(start, end, buffer, offset)`` job into ``buffer[offset:]``, concurrently,
+        at most 64 requests and 64 MB in flight at once."""
+        i = 0
+        while i < len(jobs):
+            j, size = i, 0
+            while j < len(jobs) and j - i < 64 and (j == i or size + jobs[j][1] - jobs[j][0] <= 8 * CHUNK):
+                size += jobs[j][1] - jobs[j][0]
+                j += 1
+            batch = jobs[i:j]
             for (_, _, buf, o), data in zip(batch, self.iter_fetch([(a, b) for a, b, _, _ in batch])):
                 buf[o:o + len(data)] = data
+            i = j
+
+    def fetch_spans(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, bytearray]]:
+        """The bytes of many ranges as ``(start, buffer)`` spans: neighbours closer than
+        :data:`MAX_GAP` are merged (a few wasted bytes against a round trip each), each span
+        fetched in :data:`CHUNK` pieces, all concurrently."""
+        out = [(a, bytearray(b - a)) for a, b in coalesce(ranges, MAX_GAP)]
+        self._fill([(a + o, a + min(len(buf), o + CHUNK), buf, o) for a, buf in out
+                    for o in range(0, len(buf), CHUNK)])
         return out
 
     def read_into(self, buf: memoryview, start: int) -> None:
         """Fill ``buf`` with the file's bytes from ``start``, in concurrent chunks."""
         n = len(buf)
-        ranges = [(start + o, start + min(n, o + CHUNK)) for o in range(0, n, CHUNK)]
-        for i in range(0, len(ranges), 8):  # at most 8 chunks (64 MB) in flight at once
-            batch = ranges[i:i + 8]
-            for (a, b), data in zip(batch, self.fetch_many(batch)):
-                buf[a - start:b - start] = data
+        self._fill([(start + o, start + min(n, o + CHUNK), buf, o) for o in range(0, n, CHUNK)])
 
     # --- the cache -----------------------------------------------------------------------------
     def _store(self, start: int, data: bytes) -> None:
