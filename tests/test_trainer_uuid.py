@@ -47,9 +47,14 @@ def test_fork_and_resume_by_uuid_from_a_remote_copy(tmp_path: Path) -> None:
                           "lora: {r: 4, alpha: 8, dropout: 0.1}\n"
                           f"output: {{dir: {tmp_path / 'fork'}, name: run}}\n")
         res = run_cli("finetune", str(config), "--resume", f"uuid:{uuid_of(first.training_file)[:13]}",
-                      "--catalogue", str(db), "--json")
+                      "--catalogue", str(db), "--register", "--json")
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
+    # --register: the outputs are in the catalogue, linked to the base and the resume file.
+    assert [r["status"] for r in result["registered"]] == ["new", "new"]
+    shown = json.loads(run_cli("catalogue", "show", uuid_of(Path(result["output"])), "--catalogue",
+                               str(db), "--json").stdout)
+    assert {p["uuid"] for p in shown["parents"]} == {uuid_of(base), uuid_of(first.training_file)}
     with anemoi_ckpt.open(result["output"]) as got, anemoi_ckpt.open(reference.output) as want:
         assert got.content_id == want.content_id  # the same run as from the local files
         parents = {p.uuid for p in got.lineage.records[0].parents}

@@ -57,7 +57,7 @@ def _quiet_lightning() -> None:
 
 
 def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool, pretrain: bool,
-         catalogue: str | None = None) -> None:
+         catalogue: str | None = None, register: bool = False) -> None:
     config, run = _trainer()
     _quiet_lightning()
     cfg = config.load_config(config_file, sets)
@@ -69,10 +69,17 @@ def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: b
         if e.file is None:  # a key of the configuration: say which file it is in
             raise config.ConfigError(config_file, e.what, e.hint) from None
         raise
+    registered = None
+    if register:  # the outputs, by their paths, in the catalogue that resolved uuid: references
+        from ..catalogue import default_path, register as register_files
+
+        registered = register_files(cfg.catalogue or default_path(), [result.output, result.training_file])
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **({"registered": registered} if registered else {})})
         return
     click.echo(one_line(f"{result.kind}: {result.output}"))
+    for r in registered or []:
+        click.echo(one_line(f"registered {r['uuid']} ({r['kind']}) in {cfg.catalogue or default_path()}"))
     click.echo(one_line(f"training state: {result.training_file}"))
     loss = "n/a" if result.train_loss is None else f"{result.train_loss:.6f}"
     click.echo(f"steps {result.steps}  train loss {loss}  regional val loss "
@@ -86,6 +93,8 @@ def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: b
 _SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                     help="Override a config value (dotted key, YAML value), e.g. --set lora.r=16.")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+_REGISTER = click.option("--register", is_flag=True, help="Register the outputs (the model and the "
+                         "training file) in the catalogue.")
 _CATALOGUE = click.option("--catalogue", type=click.Path(), help="Catalogue resolving uuid:<uuid> in "
                           "base and --resume (overrides the config's catalogue; default: "
                           "$ANEMOI_CKPT_CATALOGUE, else ~/.anemoi-ckpt/catalogue.db).")
@@ -97,14 +106,15 @@ _CATALOGUE = click.option("--catalogue", type=click.Path(), help="Catalogue reso
 @click.option("--resume", type=click.Path(), help="Continue (or fork) from a training .anc: a path, "
               "a URL or uuid:<uuid> (through the catalogue).")
 @_CATALOGUE
+@_REGISTER
 @_JSON
 def finetune_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, catalogue: str | None,
-                 as_json: bool) -> None:
+                 register: bool, as_json: bool) -> None:
     """Fine-tune the base .anc of CONFIG.yaml; `method: full | lora | freeze` picks the mode.
 
     Writes <output.dir>/<name>.anc (an adapter, a delta or a full model) and <name>-train.anc
     (the training state, for --resume)."""
-    _run(config_file, sets, resume, as_json, pretrain=False, catalogue=catalogue)
+    _run(config_file, sets, resume, as_json, pretrain=False, catalogue=catalogue, register=register)
 
 
 @cli.command("pretrain")
@@ -113,8 +123,9 @@ def finetune_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, ca
 @click.option("--resume", type=click.Path(), help="Continue from a training .anc (a path, a URL or "
               "uuid:<uuid>).")
 @_CATALOGUE
+@_REGISTER
 @_JSON
 def pretrain_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, catalogue: str | None,
-                 as_json: bool) -> None:
+                 register: bool, as_json: bool) -> None:
     """Train the model of CONFIG.yaml (`model: {builder, config}`) from scratch; writes a full .anc."""
-    _run(config_file, sets, resume, as_json, pretrain=True, catalogue=catalogue)
+    _run(config_file, sets, resume, as_json, pretrain=True, catalogue=catalogue, register=register)
