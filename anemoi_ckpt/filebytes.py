@@ -43,8 +43,6 @@ def prefetch(mm: mmap.mmap | None, start: int, length: int) -> None:
 
 
 class MappedBytes:
-    remote: RangeFile | None = None
-
     def __init__(self, fileno: int) -> None:
         self.mm: mmap.mmap | None = mmap.mmap(fileno, 0, access=mmap.ACCESS_COPY)
         advise(self.mm, "MADV_RANDOM")

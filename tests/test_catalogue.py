@@ -234,6 +234,8 @@ def test_gc_lists_then_deletes_exactly_the_unneeded(files, db, tmp_path):
     out = run_cli("catalogue", "gc", "--keep-tag", "release", "--yes", "--catalogue", str(db))
     assert out.returncode == 0, out.stderr
     assert f"deleted   {uuid['side'][:8]}" in out.stdout
+    # extra's stale claim is dropped, so its entry goes too, but its file was not deleted
+    assert "1 file(s) deleted; 2 of 2 catalogue entries removed" in out.stdout
     assert "now holds another checkpoint" in out.stderr and "Traceback" not in out.stderr
     assert not files["side"].exists() and extra.exists() and ident(extra) == replaced_by
     assert all(files[k].exists() for k in ("base", "ft", "inf"))

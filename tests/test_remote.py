@@ -279,10 +279,11 @@ def test_remote_reads_never_unpickle(served) -> None:
     assert out.stdout.split() == [str(N_TENSORS), "True"], out.stderr
 
 
-def test_url_output_refused_by_the_api(tmp_path: Path) -> None:
+def test_url_output_refused_by_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a path-joining bug would write "s3:/bucket/..." here
     with pytest.raises(FormatError, match="cannot write to a URL"):
         anemoi_ckpt.save("s3://bucket/x.anc", {"w": torch.zeros(2)})
-    assert not list(tmp_path.iterdir()) and not Path("s3:").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lineage_through_the_catalogue_of_a_remote_file(served, tmp_path: Path) -> None:

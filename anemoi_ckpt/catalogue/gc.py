@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import AncError, UsageError, one_line
 from .db import CatalogueError, Db, db_path, opened, write_txn
-from ..urls import is_url
+from ..urls import filesystem, is_url
 
 _KEEP = """
 WITH RECURSIVE keep(uuid) AS (
@@ -67,11 +67,23 @@ def gc_plan(db: Db, keep_tags: list[str] | tuple[str, ...]) -> list[dict[str, An
         return _plan(conn, list(keep_tags))
 
 
-def _identity(location: str) -> tuple[str, str]:
+def _not_ours(location: str, uuid: str, cid: str) -> dict[str, Any] | None:
+    """Why ``location`` must be left in place (a result to report), or None: it opens as the
+    checkpoint ``uuid`` with content id ``cid``."""
     from .. import open_checkpoint
 
-    with open_checkpoint(location) as ck:
-        return ck.uuid, ck.content_id
+    try:
+        with open_checkpoint(location) as ck:
+            found = (ck.uuid, ck.content_id)
+    except Exception as e:  # noqa: BLE001 - AncError, or a network error of any fsspec backend
+        note = e.line() if isinstance(e, AncError) else f"{type(e).__name__}: {e}"
+        return {"location": location, "action": "skipped", "forget": False,
+                "note": f"cannot check it is this checkpoint, left in place: {note}"}
+    if found != (uuid, cid):
+        # Overwritten by another checkpoint: not ours to delete, and our claim on it is stale.
+        return {"location": location, "action": "skipped", "forget": True,
+                "note": f"{location}: now holds another checkpoint ({found[0]}, {found[1]}), left in place"}
+    return None
 
 
 def _remove_local(location: str, uuid: str, cid: str) -> dict[str, Any]:
@@ -79,18 +91,18 @@ def _remove_local(location: str, uuid: str, cid: str) -> dict[str, Any]:
         return {"location": location, "action": "missing", "forget": True}
     try:
         before = os.stat(location)
-        found = _identity(location)
-        after = os.stat(location)
-    except (AncError, OSError) as e:
-        note = e.line() if isinstance(e, AncError) else f"{location}: {e.strerror}"
+    except OSError as e:
         return {"location": location, "action": "skipped", "forget": False,
-                "note": f"cannot check it is this checkpoint, left in place: {note}"}
-    if found != (uuid, cid):
-        # Overwritten by another checkpoint: not ours to delete, and our claim on it is stale.
-        return {"location": location, "action": "skipped", "forget": True,
-                "note": f"{location}: now holds another checkpoint ({found[0]}, {found[1]}), left in place"}
+                "note": f"cannot check it is this checkpoint, left in place: {location}: {e.strerror}"}
+    skip = _not_ours(location, uuid, cid)
+    if skip is not None:
+        return skip
+    try:
+        after = os.stat(location)
+    except OSError:
+        after = None
     ident = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
-    if ident != (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns):
+    if after is None or ident != (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns):
         return {"location": location, "action": "skipped", "forget": False,
                 "note": f"{location}: changed while it was being checked, left in place"}
     try:
@@ -102,23 +114,16 @@ def _remove_local(location: str, uuid: str, cid: str) -> dict[str, Any]:
 
 
 def _remove_remote(location: str, uuid: str, cid: str) -> dict[str, Any]:
+    skip = _not_ours(location, uuid, cid)
+    if skip is not None:
+        return skip
     try:
-        found = _identity(location)
-    except Exception as e:  # noqa: BLE001 - network and protocol errors of any fsspec backend
-        note = e.line() if isinstance(e, AncError) else f"{type(e).__name__}: {e}"
-        return {"location": location, "action": "skipped", "forget": False,
-                "note": f"cannot check it is this checkpoint, left in place: {note}"}
-    if found != (uuid, cid):
-        return {"location": location, "action": "skipped", "forget": True,
-                "note": f"{location}: now holds another checkpoint ({found[0]}), left in place"}
-    try:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(location)
+        fs, path = filesystem(location)
         fs.rm(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - AncError, or any fsspec backend's own errors
+        why = e.what if isinstance(e, AncError) else f"{type(e).__name__}: {e}"
         return {"location": location, "action": "skipped", "forget": False,
-                "note": f"{location}: cannot delete ({type(e).__name__}: {e})"}
+                "note": f"{location}: cannot delete ({why})"}
     return {"location": location, "action": "deleted", "forget": True}
 
 

@@ -194,8 +194,12 @@ def gc(keep_tags: tuple[str, ...], yes: bool, db: str, as_json: bool) -> None:
             for loc in r["locations"]:
                 if loc["action"] != "skipped":
                     click.echo(f"{loc['action']:<8}  {short_uuid(r['uuid'])}  {one_line(loc['location'])}")
-        verb = "deleted" if yes else "would be deleted"
-        click.echo(f"{len(plan)} checkpoint(s), {human_size(report['bytes'])}, {verb}"
-                   + ("" if yes or not plan else "; run with --yes to delete them"))
+        if yes:  # what happened, not the plan: files left in place are warned about below
+            removed = sum(1 for r in report["results"] if r["removed"])
+            deleted = sum(1 for r in report["results"] for loc in r["locations"] if loc["action"] == "deleted")
+            click.echo(f"{deleted} file(s) deleted; {removed} of {len(plan)} catalogue entries removed")
+        else:
+            click.echo(f"{len(plan)} checkpoint(s), {human_size(report['bytes'])}, would be deleted"
+                       + ("; run with --yes to delete them" if plan else ""))
     for w in warnings_of(report):
         click.echo(f"anemoi-ckpt: warning: {w}", err=True)
