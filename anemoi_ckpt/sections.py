@@ -13,6 +13,7 @@ SAFETENSORS = "application/vnd.safetensors"
 JSON = "application/json"
 NUMPY_RAW = "application/x-numpy-raw"
 MSGPACK = "application/msgpack"
+OCTET = "application/octet-stream"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ register(Role("anemoi-metadata", JSON, "anemoi's metadata dict, verbatim, as ane
 register(Role("document", JSON, "A named JSON document (training-state, hyper-parameters); tensors "
                                 "it refers to are {\"__tensor__\": \"<section>/<name>\"}. Since 1.1."))
 register(Role("supporting-array", NUMPY_RAW, "A raw numpy array listed in supporting_arrays_paths."))
+register(Role("carried", OCTET, "A member of the source file kept byte for byte under carried/<its path "
+                                "in the source, below the root folder>: what no converter step reads "
+                                "(unknown members, an older metadata document that was translated)."))
 
 #: Tensor sections with a dedicated role; any other tensor section gets role "tensors".
 TENSOR_SECTION_ROLES = {"weights": "weights", "graph": "graph", "buffers": "buffers"}
@@ -50,6 +54,13 @@ METADATA_PATH = "metadata.json"
 LINEAGE_PATH = "lineage.json"
 ANEMOI_FOLDER = "anemoi-metadata"
 ANEMOI_JSON = "anemoi.json"
+
+
+CARRIED_FOLDER = "carried"
+
+
+def carried_path(source_member: str) -> str:
+    return f"{CARRIED_FOLDER}/{source_member}"
 
 
 def tensor_section_path(name: str) -> str:

@@ -237,6 +237,15 @@ class Writer:
                                       size=len(data), digest=hashing.tagged(hashing.sha256_hex(data)),
                                       media_type=S.JSON))
 
+    def add_carried(self, source_member: str, data: bytes | memoryview) -> None:
+        """A source member no step understood, kept byte for byte (``carried/<source_member>``):
+        a converter carries what it cannot translate rather than dropping it."""
+        rel = S.carried_path(source_member)
+        if any(sec.path == rel for sec in self._sections):
+            raise ValueError(f"duplicate carried member {source_member!r}")
+        self._close_section()
+        self._member(rel, data, "carried", S.OCTET, required=False)
+
     # --- commit --------------------------------------------------------------------------------
     def close(self) -> str:
         """Finish and atomically commit the file; returns its path."""

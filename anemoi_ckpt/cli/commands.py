@@ -171,7 +171,8 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
                        + ("" if dry_run else f"; {r.verified} tensors verified {how}, "
                           f"content id {r.content_id}")
                        + (f"; layout steps: {', '.join(r.steps)}" if r.steps else "")
-                       + (f"; weights: {r.weights}" if r.weights else ""))
+                       + (f"; weights: {r.weights}" if r.weights else "")
+                       + (f"; carried as is: {', '.join(r.carried)}" if r.carried else ""))
     if as_json:
         emit_json(reports if out_dir is not None else reports[0])
 

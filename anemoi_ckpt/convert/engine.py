@@ -48,6 +48,8 @@ class ConvertReport:
     verified_by: str | None = None
     #: tensor sections copied as bytes from an .anc source (unchanged), then re-read and hashed
     copied: list[str] = field(default_factory=list)
+    #: source members kept byte for byte under carried/ (not understood, or translated metadata)
+    carried: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +164,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         report.steps = [step["name"] for step in applied]
         documents = {} if to == "inference" else source.documents
         report.documents = sorted(documents)
+        carried = _carried(source, anemoi_md)
+        report.carried = sorted(carried)
         if dry_run:  # from the specs alone: no tensor byte is read
             report.tensors = {sec: len(specs) for sec, specs in plan.targets.items()}
             report.bytes = sum(spec[3] for specs in plan.targets.values() for spec in specs)
@@ -193,6 +197,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             origins = write_tensors(source, plan, w, report)
             for name, doc in documents.items():
                 w.add_document(name, rename_in_document(doc, weights_renames))
+            for member in report.carried:
+                w.add_carried(member, carried[member]())
             if sha_future is not None:
                 report.source_sha256 = sha_future.result()
                 w.update_parameters(source_sha256=report.source_sha256)
@@ -209,6 +215,19 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         return report
     finally:
         source.close()
+
+
+def _carried(source: Source, anemoi_md: dict[str, Any] | None) -> dict[str, Any]:
+    """Source members to keep byte for byte: those no reader understood, and the anemoi metadata
+    member as it was when the output's differs from it (translated, or under an older name), so
+    the document anemoi wrote stays readable in the new file."""
+    carried = dict(source.carried)
+    if source.metadata_source is not None:
+        member, raw = source.metadata_source
+        from ..sections import ANEMOI_FOLDER, ANEMOI_JSON
+        if anemoi_md != source.anemoi_metadata or member != f"{ANEMOI_FOLDER}/{ANEMOI_JSON}":
+            carried[member] = lambda raw=raw: raw
+    return carried
 
 
 def _versions(source: Source, md: dict[str, Any] | None) -> dict[str, Any]:

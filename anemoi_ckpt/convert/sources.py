@@ -48,34 +48,92 @@ class Source:
     anc: Any = None
     #: extra keys for the output's metadata.json (e.g. a PEFT adapter's config), validated as Metadata
     extra_metadata: dict[str, Any] | None = None
+    #: source members no reader understands: path -> bytes getter; written under carried/
+    carried: dict[str, Callable[[], bytes]] = field(default_factory=dict)
+    #: (member path, verbatim bytes) of the anemoi metadata member: carried when translated
+    metadata_source: tuple[str, bytes] | None = None
 
 
-def _anemoi_metadata(ck: TorchZipCheckpoint) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """anemoi-utils' metadata members, read as data (never via the pickle)."""
-    rel = next((r for r in ck._members if r.endswith("/anemoi.json") or r == "anemoi.json"), None)
-    if rel is None:
-        return None, None
+#: The names anemoi-utils has given its metadata member, newest first: ``ai-models.json`` (metadata
+#: 1.0) until anemoi-utils renamed it; its ``load_metadata`` still falls back to the old name.
+METADATA_NAMES = ("anemoi.json", "ai-models.json")
+#: Members torch itself writes beside the storages: read by the torch reader, never carried.
+_TORCH_MEMBERS = frozenset({"data.pkl", "version", ".format_version", "byteorder", ".storage_alignment",
+                            ".data/version", ".data/serialization_id"})
+
+
+@dataclass
+class AnemoiMembers:
+    """What the source zip holds of anemoi's metadata, and what nothing reads."""
+
+    metadata: dict[str, Any] | None = None
+    arrays: dict[str, Any] | None = None
+    #: the metadata member (relative to the root) and its verbatim bytes
+    member: str | None = None
+    raw: bytes | None = None
+    #: members no reader understands (relative path -> bytes getter), carried by the converter
+    unread: dict[str, Callable[[], bytes]] = field(default_factory=dict)
+
+
+def _metadata_member(ck: TorchZipCheckpoint) -> str | None:
+    """The metadata member as anemoi-utils finds it: by base name anywhere in the zip, the current
+    name first; two members of that name are refused, as anemoi-utils refuses them."""
+    for name in METADATA_NAMES:
+        hits = sorted(r for r in ck._members if r.rsplit("/", 1)[-1] == name)
+        if len(hits) > 1:
+            raise FormatError(ck.path, f"{len(hits)} members named {name} ({', '.join(hits)})",
+                              "anemoi-utils refuses such a file too: which one is the metadata?")
+        if hits:
+            return hits[0]
+    return None
+
+
+def _anemoi_metadata(ck: TorchZipCheckpoint) -> AnemoiMembers:
+    """anemoi-utils' metadata members, read as data (never via the pickle), and every member that
+    neither torch nor anemoi-utils accounts for."""
     from ..anemoi_meta import ARRAY_DTYPES, iter_leaves, nest
-    import numpy as np
 
-    m = ck._members[rel]
-    try:
-        md = json.loads(bytes(ck._mm[m.data_offset:m.data_offset + m.size]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FormatError(ck.path, f"invalid anemoi metadata ({e})", section=rel) from None
-    flat = {}
-    prefix = f"{ck.root}/"
-    for trail, entry in iter_leaves(md.get("supporting_arrays_paths", {})):
-        member = ck._members.get(str(entry["path"]).removeprefix(prefix))
-        dtype = ARRAY_DTYPES.get(entry.get("dtype"))
-        if member is None or dtype is None:
-            raise FormatError(ck.path, f"supporting array {'/'.join(trail)} is missing or has an "
-                              "unsupported dtype", section=rel)
-        raw = ck._mm[member.data_offset:member.data_offset + member.size]
-        flat[trail] = np.frombuffer(raw, dtype=dtype).reshape(entry["shape"])
-    # supporting_arrays_paths stays: translation steps move it (1.0 -> 2.0 nests it under the
-    # dataset), and the writer rewrites its paths for the new file.
-    return md, nest(flat)
+    out = AnemoiMembers()
+    used: set[str] = set()
+    rel = _metadata_member(ck)
+    if rel is not None:
+        m = ck._members[rel]
+        out.member, out.raw = rel, bytes(ck._mm[m.data_offset:m.data_offset + m.size])
+        used.add(rel)
+        try:
+            md = json.loads(out.raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise FormatError(ck.path, f"invalid anemoi metadata ({e})", section=rel) from None
+        if not isinstance(md, dict):
+            raise FormatError(ck.path, "the anemoi metadata is not a JSON object", section=rel)
+        flat = {}
+        prefix = f"{ck.root}/"
+        try:
+            leaves = list(iter_leaves(md.get("supporting_arrays_paths") or {}))
+        except ValueError as e:
+            raise FormatError(ck.path, str(e), section=rel) from None
+        for trail, entry in leaves:
+            member_rel = str(entry["path"]).removeprefix(prefix)
+            member = ck._members.get(member_rel)
+            dtype = ARRAY_DTYPES.get(entry.get("dtype"))
+            if member is None or dtype is None:
+                raise FormatError(ck.path, f"supporting array {'/'.join(trail)} is missing or has an "
+                                  "unsupported dtype", section=rel)
+            raw = ck._mm[member.data_offset:member.data_offset + member.size]
+            try:
+                flat[trail] = np.frombuffer(raw, dtype=dtype).reshape(entry["shape"])
+            except (ValueError, TypeError) as e:
+                raise FormatError(ck.path, f"supporting array {'/'.join(trail)}: {e}",
+                                  section=rel) from None
+            used.add(member_rel)
+        # supporting_arrays_paths stays: translation steps move it (1.0 -> 2.0 nests it under the
+        # dataset), and the writer rewrites its paths for the new file.
+        out.metadata, out.arrays = md, nest(flat)
+    for name, member in ck._members.items():
+        if name in used or name in _TORCH_MEMBERS or name.startswith("data/") or name.endswith("/"):
+            continue
+        out.unread[name] = (lambda m=member: bytes(ck._mm[m.data_offset:m.data_offset + m.size]))
+    return out
 
 
 def _open_torch(path: str, options: Mapping[str, Any] | None = None) -> Source:
@@ -83,7 +141,8 @@ def _open_torch(path: str, options: Mapping[str, Any] | None = None) -> Source:
     ck = TorchZipCheckpoint(path)
     try:
         obj = ck.obj
-        md, arrays = _anemoi_metadata(ck)
+        found = _anemoi_metadata(ck)
+        md, arrays = found.metadata, found.arrays
         documents: dict[str, Any] = {}
         if is_lightning(obj):
             groups, documents, details = read_lightning(
@@ -115,8 +174,11 @@ def _open_torch(path: str, options: Mapping[str, Any] | None = None) -> Source:
 
     sections = {sec: (lambda refs=refs: ((n, materialise(v)) for n, v in refs.items()))
                 for sec, refs in groups.items()}
+    if found.member is not None:
+        details["anemoi_metadata_member"] = found.member
     return Source(path, fmt, kind, sections, specs, md, arrays, details, ck.close, documents=documents,
-                  mapping=ck._mm)
+                  mapping=ck._mm, carried=found.unread,
+                  metadata_source=(found.member, found.raw) if found.member else None)
 
 
 def _spec(name: str, value: Any, path: str) -> tuple[str, str, tuple[int, ...], int]:
