@@ -27,12 +27,14 @@ def _release(step: Step) -> Version | None:
         return None
 
 
-def steps_up_to(installed: Version, steps: Sequence[Step]) -> list[Step]:
-    """The name-changing steps a model built by ``installed`` expects to have been applied."""
+def steps_up_to(installed: Version, steps: Sequence[Step], *, load_ops: bool = False) -> list[Step]:
+    """The name-changing steps (or, with ``load_ops``, the steps with load-time operations) a
+    model built by ``installed`` expects to have been applied."""
     out = []
     for step in steps:
         release = _release(step)
-        if step.changes_names and (release is None or release <= installed):
+        wanted = bool(step.load_ops) if load_ops else step.changes_names
+        if wanted and (release is None or release <= installed):
             out.append(step)
     return out
 

@@ -30,7 +30,9 @@ from packaging.version import InvalidVersion, Version
 from ..errors import AncError, FormatError
 from . import hydra_shim
 from .graph import graph_from_buffers, graph_from_section
-from .layout import mismatch_hint, to_installed
+from ..translate.steps import load_steps
+from .fixups import run_load_ops
+from .layout import mismatch_hint, steps_up_to, to_installed
 
 LOG = logging.getLogger(__name__)
 
@@ -162,6 +164,10 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
                 metadata=copy.deepcopy(md),
                 supporting_arrays=supporting,
             )
+        weights, buffers, fixed = run_load_ops(
+            model, weights, buffers, steps_up_to(installed, load_steps(), load_ops=True))
+        if fixed:
+            LOG.info("%s: brought to anemoi-models %s at load by %s", path, installed, ", ".join(fixed))
         _load_weights(model, weights, path, hint)
         if buffers:
             _set_buffers(model, buffers, path, hint)

@@ -15,7 +15,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from ..errors import FormatError
-from .ops import OPS, Context, OpError
+from .ops import OPS, Context, OpError, lookup
 from .steps import Step, load_steps
 
 Key = tuple[str, str]  # (section, name)
@@ -95,6 +95,10 @@ def applies(step: Step, source_format: str, names: Mapping[str, Sequence[str]],
         mv = metadata_version_of(md)
         if mv is None or not c.metadata_version.contains(mv, prereleases=True):
             return False
+    if not all(lookup(md, p)[0] for p in c.meta_present):
+        return False
+    if any(lookup(md, p)[0] for p in c.meta_absent):
+        return False
     flat = [n for sec in names.values() for n in sec]
     if not all(any(p.search(n) for n in flat) for p in c.keys_match):
         return False

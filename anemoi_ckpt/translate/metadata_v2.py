@@ -9,7 +9,7 @@ reader on ``"dataset_names" in md["metadata_inference"]`` and calls a legacy fil
   omitting what 1.0 does not record (``base_seed``; ``shapes.grid`` is null as in the trainer);
 * ``version`` becomes ``"2.0"``.
 
-The step file ``translations/0080-metadata-v2.toml`` spells this out with generic operations;
+The step file ``translations/1205-metadata-v2.toml`` spells this out with generic operations;
 only the synthesis, too structural for them, lives here. Pure: dict in, new dict out.
 """
 

@@ -35,8 +35,8 @@ class Context:
 
 @dataclass(frozen=True)
 class OpKind:
-    target: str  # "names" or "metadata"
-    fn: Callable[..., Any]
+    target: str  # "names", "metadata" or "load"
+    fn: Callable[..., Any] | None
     required: frozenset[str]
     optional: frozenset[str] = frozenset()
     regex_params: frozenset[str] = frozenset()  # compiled at load time so a bad regex names its file
@@ -179,6 +179,48 @@ def meta_wrap_dataset(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[
     return out
 
 
+def meta_default(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Set ``key`` to ``value`` only where it is absent: a setting a newer anemoi-models reads
+    that older configs never wrote, at the value the older code behaved with."""
+    node: Any = md
+    for p in _path(params["key"]):
+        if not isinstance(node, Mapping) or p not in node:
+            return meta_set(md, params)
+        node = node[p]
+    return copy.deepcopy(dict(md))
+
+
+def meta_delete(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove ``key`` (a setting the newer code no longer takes). Nothing is lost: the converter
+    carries the source's metadata document verbatim whenever a step changed it."""
+    out = copy.deepcopy(dict(md))
+    *parents, leaf = _path(params["key"])
+    node: Any = out
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+    return out
+
+
+def meta_copy(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy the value at dotted ``from`` to dotted ``to`` (absent ``from``: no-op)."""
+    found, value = lookup(md, params["from"])
+    if not found:
+        return copy.deepcopy(dict(md))
+    return meta_set(md, {"key": params["to"], "value": value})
+
+
+def lookup(md: Any, dotted: str) -> tuple[bool, Any]:
+    """(present, value) at a dotted path. Pure."""
+    node = md
+    for p in _path(dotted):
+        if not isinstance(node, Mapping) or p not in node:
+            return False, None
+        node = node[p]
+    return True, node
+
+
 #: python functions a step may call by name (``kind = "meta_call"``, ``function = "..."``), for
 #: metadata changes too structural for set/move/wrap. Each: dict in, new dict out.
 META_FUNCTIONS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
@@ -205,7 +247,19 @@ OPS: dict[str, OpKind] = {
     "meta_wrap_dataset": OpKind("metadata", meta_wrap_dataset, frozenset({"keys"}),
                                 frozenset({"dataset"})),
     "meta_call": OpKind("metadata", meta_call, frozenset({"function"})),
+    "meta_default": OpKind("metadata", meta_default, frozenset({"key", "value"})),
+    "meta_delete": OpKind("metadata", meta_delete, frozenset({"key"})),
+    "meta_copy": OpKind("metadata", meta_copy, frozenset({"from", "to"})),
+    # At load, with the module tree the installed anemoi-models built (anemoi_ckpt.anemoi.fixups):
+    # for the files this step translated, run a registered function over the tensors, e.g. a
+    # persistent buffer the newer code computes itself, or a re-ordering that needs the graph.
+    "load_call": OpKind("load", None, frozenset({"function"}), frozenset({"pattern"}),
+                        frozenset({"pattern"})),
 }
+
+#: the functions a ``load_call`` op may name (implemented in anemoi_ckpt.anemoi.fixups, which
+#: needs anemoi-models; listed here so a step file is checked without importing it)
+LOAD_FUNCTIONS = frozenset({"keep_built", "permute_trainable_edges"})
 
 
 def check_params(kind: str, params: Mapping[str, Any]) -> list[str]:
@@ -220,10 +274,14 @@ def check_params(kind: str, params: Mapping[str, Any]) -> list[str]:
         missing = {"prefix", "chunk", "block"} - params["pattern"].groupindex.keys()
         if missing:
             problems.append(f"flatten_chunks pattern lacks named groups {sorted(missing)}")
+    if kind == "load_call" and params.get("function") not in LOAD_FUNCTIONS:
+        problems.append(f"load_call function {params.get('function')!r} is not registered "
+                        f"(known: {', '.join(sorted(LOAD_FUNCTIONS))})")
     if kind == "meta_call" and params.get("function") not in META_FUNCTIONS:
         problems.append(f"meta_call function {params.get('function')!r} is not registered "
                         f"(known: {', '.join(sorted(META_FUNCTIONS))})")
     return problems
 
 
-__all__ = ["Context", "META_FUNCTIONS", "OPS", "OpError", "OpKind", "check_params"]
+__all__ = ["Context", "LOAD_FUNCTIONS", "META_FUNCTIONS", "OPS", "OpError", "OpKind", "check_params",
+           "lookup"]

@@ -33,7 +33,8 @@ FORMATS = frozenset({"lightning", "anemoi-lightning", "torch-module", "torch-sta
                      "safetensors-sharded", "peft", "anc"})
 _FILE_NAME = re.compile(r"^\d{4}-[a-z0-9][a-z0-9-]*\.toml$")
 _TOP = {"name", "description", "anemoi_models", "applies_to", "op"}
-_APPLIES = {"formats", "models_version", "metadata_version", "keys_match", "keys_absent"}
+_APPLIES = {"formats", "models_version", "metadata_version", "keys_match", "keys_absent",
+            "meta_present", "meta_absent"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class Conditions:
     metadata_version: SpecifierSet | None = None
     keys_match: tuple[re.Pattern[str], ...] = ()  # each must match at least one name
     keys_absent: tuple[re.Pattern[str], ...] = ()  # none may match any name
+    #: dotted paths into the anemoi metadata that must all exist / must all be missing (e.g. an
+    #: old config key): a config change is recognised by the config itself, as names are
+    meta_present: tuple[str, ...] = ()
+    meta_absent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,10 @@ class Step:
     @property
     def changes_names(self) -> bool:
         return any(op.target == "names" for op in self.ops)
+
+    @property
+    def load_ops(self) -> tuple[Op, ...]:
+        return tuple(op for op in self.ops if op.target == "load")
 
     @property
     def changes_metadata(self) -> bool:
@@ -114,7 +123,16 @@ def _conditions(raw: Any, file: str) -> Conditions:
         if "metadata_version" in raw else None,
         keys_match=_regexes(raw.get("keys_match", []), "keys_match", file),
         keys_absent=_regexes(raw.get("keys_absent", []), "keys_absent", file),
+        meta_present=_paths(raw.get("meta_present", []), "meta_present", file),
+        meta_absent=_paths(raw.get("meta_absent", []), "meta_absent", file),
     )
+
+
+def _paths(value: Any, field: str, file: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise FormatError(file, f"applies_to.{field} must be a dotted path or a list of them")
+    return tuple(items)
 
 
 def _op(raw: Any, index: int, file: str) -> Op:
@@ -156,8 +174,10 @@ def parse_step(data: bytes, file: str) -> Step:
     # keys_match it would apply blindly whenever the version is unknown.
     if any(op.target == "names" for op in ops) and not cond.keys_match:
         raise FormatError(file, "a step with tensor-name ops needs applies_to.keys_match")
-    if any(op.target == "metadata" for op in ops) and cond.metadata_version is None:
-        raise FormatError(file, "a step with metadata ops needs applies_to.metadata_version")
+    if any(op.target == "metadata" for op in ops) and cond.metadata_version is None \
+            and not cond.meta_present and not cond.meta_absent:
+        raise FormatError(file, "a step with metadata ops needs applies_to.metadata_version, "
+                          "meta_present or meta_absent")
     return Step(raw["name"], raw["description"].strip(), raw.get("anemoi_models"), cond, ops,
                 file, hashlib.sha256(data).hexdigest())
 

@@ -1,0 +1,82 @@
+"""Load-time operations of the translation steps (``kind = "load_call"``): what a layout change
+needs that names alone cannot express, run with the module tree the installed anemoi-models built.
+
+Each function takes the built model, the file's tensors (``weights``, ``buffers``: name -> tensor,
+already re-keyed by the name steps) and the op's parameters, and returns the two mappings to load.
+Each decides from the file itself whether it applies (a tensor the newer layout has and the file
+lacks), never from a version string, so a file that already has the newer layout (converted, or
+saved again after a load) passes through unchanged, and running every step's load ops on every
+file is safe. Pure with respect to the file: tensors are replaced in the returned dicts only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..translate.steps import Step
+
+Tensors = dict[str, Any]
+LoadFn = Callable[[Any, Tensors, Tensors, Mapping[str, Any]], tuple[Tensors, Tensors]]
+
+
+def keep_built(model: Any, weights: Tensors, buffers: Tensors,
+               params: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    """Persistent tensors matching ``pattern`` that the file lacks take the value the installed
+    anemoi-models computed while building (e.g. index buffers derived from the data indices,
+    which older releases did not store). Only names the file does not have: never overwrites."""
+    pattern: re.Pattern[str] = params["pattern"]
+    own = model.state_dict()
+    weights = dict(weights)
+    for name, tensor in own.items():
+        if name not in weights and pattern.search(name):
+            weights[name] = tensor.detach().clone()
+    return weights, buffers
+
+
+def permute_trainable_edges(model: Any, weights: Tensors, buffers: Tensors,
+                            params: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    """anemoi-models 0.16 stores a graph provider's trainable edge parameters in its sorted edge
+    order (``perm``) and marks it with ``trainable_layout_version``; a file without the marker
+    holds them in the graph's edge order, which anemoi's own migration (1779202136) re-orders with
+    ``index_select(0, perm)``. The same here, with the ``perm`` the installed code computed from
+    this file's graph."""
+    from anemoi.models.layers.graph_provider import StaticGraphProvider
+
+    weights = dict(weights)
+    for path, provider in model.named_modules():
+        if not isinstance(provider, StaticGraphProvider):
+            continue
+        prefix = f"{path}." if path else ""
+        marker = prefix + provider._TRAINABLE_LAYOUT_VERSION_KEY
+        if marker in weights:
+            continue
+        trainable = weights.get(prefix + "trainable.trainable")
+        perm = getattr(provider, "perm", None)
+        if trainable is not None and perm is not None and trainable.shape[0] == perm.shape[0]:
+            weights[prefix + "trainable.trainable"] = trainable.index_select(0, perm.to(trainable.device))
+        weights[marker] = provider.trainable_layout_version.detach().clone()
+    return weights, buffers
+
+
+LOAD_FUNCTIONS: dict[str, LoadFn] = {
+    "keep_built": keep_built,
+    "permute_trainable_edges": permute_trainable_edges,
+}
+
+
+def run_load_ops(model: Any, weights: Mapping[str, Any], buffers: Mapping[str, Any],
+                 steps: Sequence[Step]) -> tuple[Tensors, Tensors, list[str]]:
+    """Every ``load_call`` op of ``steps`` in order; also the names of the steps whose ops changed
+    something (for the log)."""
+    w, b = dict(weights), dict(buffers)
+    changed = []
+    for step in steps:
+        for op in step.load_ops:
+            new_w, new_b = LOAD_FUNCTIONS[op.params["function"]](model, w, b, op.params)
+            if new_w.keys() != w.keys() or new_b.keys() != b.keys() \
+                    or any(new_w[k] is not w[k] for k in w) or any(new_b[k] is not b[k] for k in b):
+                changed.append(step.name)
+            w, b = new_w, new_b
+    return w, b, changed
