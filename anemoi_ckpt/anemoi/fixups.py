@@ -44,11 +44,18 @@ def permute_trainable_edges(model: Any, weights: Tensors, buffers: Tensors,
     this file's graph."""
     from anemoi.models.layers.graph_provider import StaticGraphProvider
 
-    weights = dict(weights)
+    weights, buffers = dict(weights), dict(buffers)
     for path, provider in model.named_modules():
         if not isinstance(provider, StaticGraphProvider):
             continue
         prefix = f"{path}." if path else ""
+        if f"{prefix}edge_index_base" in buffers and f"{prefix}perm" not in buffers:
+            # An older provider kept the graph's edge order; the installed one sorted the same
+            # edges (given to it in that order, see graph.graph_from_buffers) by destination:
+            # its derived buffers are the ones the newer code computes from this graph.
+            for name, tensor in provider.named_buffers(recurse=False):
+                if name in provider._non_persistent_buffers_set:
+                    buffers[prefix + name] = tensor.detach().clone()
         marker = prefix + provider._TRAINABLE_LAYOUT_VERSION_KEY
         if marker in weights:
             continue

@@ -54,7 +54,11 @@ def graph_from_buffers(buffers: Any, config: Any, weights: Any, path: str) -> An
     for prefix, key in edges.items():
         if f"{prefix}edge_index_base" not in buffers:
             continue
-        base, attr, perm = (buffers[f"{prefix}{n}"] for n in ("edge_index_base", "edge_attr", "perm"))
+        base, attr = buffers[f"{prefix}edge_index_base"], buffers[f"{prefix}edge_attr"]
+        # Before anemoi-models 0.16 the providers kept the graph's edge order (no perm buffer)
+        perm = buffers.get(f"{prefix}perm")
+        if perm is None:
+            perm = torch.arange(base.shape[1])
         index = torch.empty_like(base, dtype=torch.int64)
         index[:, perm] = base.to(torch.int64)
         unsorted = torch.empty_like(attr)

@@ -149,6 +149,8 @@ def _run(inp: TranslationInput, steps: Sequence[Step] | None) -> tuple[list[Step
     chosen: list[Step] = []
     applied: list[dict[str, Any]] = []
     for step in steps:
+        if not (step.changes_names or step.changes_metadata):
+            continue  # load-time ops only: run by anemoi_ckpt.anemoi at load, not here
         names: dict[str, list[str]] = {}
         for sec, name in state.values():
             names.setdefault(sec, []).append(name)
