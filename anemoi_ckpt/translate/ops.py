@@ -260,6 +260,18 @@ OPS: dict[str, OpKind] = {
 #: the functions a ``load_call`` op may name (implemented in anemoi_ckpt.anemoi.fixups, which
 #: needs anemoi-models; listed here so a step file is checked without importing it)
 LOAD_FUNCTIONS = frozenset({"keep_built", "permute_trainable_edges"})
+#: what each supplies that older files lack (a regex over names), beside an op's own ``pattern``:
+#: a layout check over names alone (tests/test_anemoi_layout_chain.py) counts them as present
+LOAD_SUPPLIES = {"permute_trainable_edges": re.compile(r"_graph_provider\.(\S+\.)?(trainable_layout_version|perm)$")}
+
+
+def load_supplied(ops: "Any", name: str) -> bool:
+    """Whether a load op of ``ops`` supplies tensor ``name`` when a file lacks it."""
+    for op in ops:
+        pattern = op.params.get("pattern") or LOAD_SUPPLIES.get(op.params["function"])
+        if pattern is not None and pattern.search(name):
+            return True
+    return False
 
 
 def check_params(kind: str, params: Mapping[str, Any]) -> list[str]:
