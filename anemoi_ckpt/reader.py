@@ -312,17 +312,17 @@ class Checkpoint:
         return self._checked_json(rel)
 
     def carried(self) -> list[str]:
-        """Source member paths kept byte for byte by a conversion (``carried/<path>``)."""
-        prefix = S.carried_path("")
-        return [s.path[len(prefix):] for s in self._sections.values() if s.role == "carried"]
+        """Source member paths kept byte for byte by a conversion (``carried/<n>.bin``)."""
+        return [s.name for s in self._sections.values() if s.role == "carried" and s.name]
 
     def carried_bytes(self, source_member: str) -> bytes:
         """One carried member's bytes, its digest checked."""
-        rel = S.carried_path(source_member)
-        sec = self._sections.get(rel)
-        if sec is None or sec.role != "carried":
+        sec = next((s for s in self._sections.values()
+                    if s.role == "carried" and s.name == source_member), None)
+        if sec is None:
             raise UsageError(self.path, f"no carried member {source_member!r}",
                              f"carried: {', '.join(self.carried()) or 'none'}")
+        rel = sec.path
         raw = bytes(self._member_bytes(self._members[rel], rel))
         if tagged(sha256_hex(raw)) != sec.digest:
             raise IntegrityError(self.path, "digest mismatch", "the file is damaged; run "

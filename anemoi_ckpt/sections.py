@@ -41,9 +41,10 @@ register(Role("anemoi-metadata", JSON, "anemoi's metadata dict, verbatim, as ane
 register(Role("document", JSON, "A named JSON document (training-state, hyper-parameters); tensors "
                                 "it refers to are {\"__tensor__\": \"<section>/<name>\"}. Since 1.1."))
 register(Role("supporting-array", NUMPY_RAW, "A raw numpy array listed in supporting_arrays_paths."))
-register(Role("carried", OCTET, "A member of the source file kept byte for byte under carried/<its path "
-                                "in the source, below the root folder>: what no converter step reads "
-                                "(unknown members, an older metadata document that was translated)."))
+register(Role("carried", OCTET, "A member of the source file kept byte for byte as carried/<n>.bin, its "
+                                "path in the source (below the root folder) as the section's name: what "
+                                "no converter step reads (unknown members, an older metadata document "
+                                "that was translated)."))
 
 #: Tensor sections with a dedicated role; any other tensor section gets role "tensors".
 TENSOR_SECTION_ROLES = {"weights": "weights", "graph": "graph", "buffers": "buffers"}
@@ -59,8 +60,10 @@ ANEMOI_JSON = "anemoi.json"
 CARRIED_FOLDER = "carried"
 
 
-def carried_path(source_member: str) -> str:
-    return f"{CARRIED_FOLDER}/{source_member}"
+def carried_path(index: int) -> str:
+    """Numbered, not the source's path: anemoi-utils finds its metadata by base name anywhere in
+    the zip, so a carried ``anemoi.json`` under its own name would make the file unreadable there."""
+    return f"{CARRIED_FOLDER}/{index}.bin"
 
 
 def tensor_section_path(name: str) -> str:

@@ -198,9 +198,10 @@ class Writer:
             self._weights_entries = [(n, c, s, d) for n, (c, s, d) in by_name.items()]
 
     # --- small members -------------------------------------------------------------------------
-    def _member(self, rel: str, data: bytes, role: str, media_type: str, required: bool = True) -> None:
+    def _member(self, rel: str, data: bytes, role: str, media_type: str, required: bool = True,
+                name: str | None = None) -> None:
         self._zw.write_member(f"{self._root}/{rel}", data)
-        self._sections.append(Section(path=rel, role=role, required=required, size=len(data),
+        self._sections.append(Section(path=rel, role=role, name=name, required=required, size=len(data),
                                       digest=hashing.tagged(hashing.sha256_hex(data)),
                                       media_type=media_type))
 
@@ -238,13 +239,14 @@ class Writer:
                                       media_type=S.JSON))
 
     def add_carried(self, source_member: str, data: bytes | memoryview) -> None:
-        """A source member no step understood, kept byte for byte (``carried/<source_member>``):
-        a converter carries what it cannot translate rather than dropping it."""
-        rel = S.carried_path(source_member)
-        if any(sec.path == rel for sec in self._sections):
+        """A source member no step understood, kept byte for byte (``carried/<n>.bin``, named by
+        its source path): a converter carries what it cannot translate rather than dropping it."""
+        carried = [sec for sec in self._sections if sec.role == "carried"]
+        if any(sec.name == source_member for sec in carried):
             raise ValueError(f"duplicate carried member {source_member!r}")
         self._close_section()
-        self._member(rel, data, "carried", S.OCTET, required=False)
+        self._member(S.carried_path(len(carried)), data, "carried", S.OCTET, required=False,
+                     name=source_member)
 
     # --- commit --------------------------------------------------------------------------------
     def close(self) -> str:

@@ -32,6 +32,8 @@ import torch  # noqa: E402
 
 from anemoi_ckpt.anemoi import load_model  # noqa: E402
 from anemoi_ckpt.convert import convert  # noqa: E402
+# the tiny anemoi-datasets dataset and the anemoi-inference subprocess, as in the 0.17.1 tests
+from tests.test_anemoi_inference import LEAD_HOURS, _forecast, _read, _run, dataset  # noqa: E402,F401
 
 ROOT = FIXTURES / "legacy" / "anemoi"
 COMPAT = tomllib.loads((ROOT / "compatibility.toml").read_text())
@@ -164,3 +166,29 @@ def test_compatibility_matrix_is_current() -> None:
     if os.environ.get("ANEMOI_CKPT_WRITE_MATRIX") == "1":
         DOC.write_text(text)
     assert DOC.read_text() == text, "docs/compatibility.md is out of date: rerun with ANEMOI_CKPT_WRITE_MATRIX=1"
+
+
+def _forecast_params() -> list:
+    """One converted file per release: its GNN inference file (every release has one)."""
+    out = []
+    for release, model, folder in CASES:
+        if model != "gnn":
+            continue
+        gap = (_rule(release, model).get("gap") or {}).get("inference")
+        marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
+        out.append(pytest.param(release, folder, marks=marks, id=release))
+    return out
+
+
+@pytest.mark.parametrize(("release", "folder"), _forecast_params())
+def test_anemoi_inference_forecasts_from_a_converted_release_file(release: str, folder: Path,
+                                                                  dataset: Path, tmp_path: Path) -> None:
+    """``anemoi-inference run`` with ``runner: anc`` (a subprocess in which torch.load raises)."""
+    anc = tmp_path / "model.anc"
+    convert(folder / "inference-last.ckpt", anc)
+    nc = tmp_path / "forecast.nc"
+    r = _run(tmp_path, "run", _forecast(dataset, anc, "anc", nc), guard=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = _read(nc)
+    assert got["time"].shape == (1 + LEAD_HOURS // 6,)
+    assert np.isfinite(got["2t"]).all() and not np.array_equal(got["2t"][0], got["2t"][-1])

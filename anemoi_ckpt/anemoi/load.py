@@ -170,7 +170,9 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
             LOG.info("%s: brought to anemoi-models %s at load by %s", path, installed, ", ".join(fixed))
         _load_weights(model, weights, path, hint)
         if buffers:
-            _set_buffers(model, buffers, path, hint)
+            # with the file's own graph the module tree derived every buffer from it: the file's
+            # buffers (an old persistent edge_inc moved by refactor_mapper) replace only their own
+            _set_buffers(model, buffers, path, hint, complete="graph" not in sections)
     model.eval()
     return model.to(device)
 
@@ -245,10 +247,12 @@ def _installed_version() -> Version:
         return Version("9999")
 
 
-def _set_buffers(model: Any, buffers: Any, path: str, hint: str) -> None:
+def _set_buffers(model: Any, buffers: Any, path: str, hint: str, complete: bool = True) -> None:
+    """Set the non-persistent buffers from the file's. ``complete``: the file must hold every one
+    (an inference file built from a stand-in graph); otherwise the built ones it lacks stay."""
     persistent = set(model.state_dict())
     expected = {n for n, _ in model.named_buffers() if n not in persistent}
-    missing, unexpected = sorted(expected - set(buffers)), sorted(set(buffers) - expected)
+    missing, unexpected = sorted(expected - set(buffers)) if complete else [], sorted(set(buffers) - expected)
     if missing or unexpected:
         raise FormatError(path, f"non-persistent buffers do not match the installed anemoi-models "
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})", hint, section="buffers")

@@ -117,6 +117,59 @@ def _synthesize(md: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_KINDS = ("full", "prognostic", "diagnostic", "forcing", "target")
+
+
+def _names_of(indices: Any, name_to_index: Mapping[str, int]) -> list[str] | None:
+    index_to_name = {int(i): n for n, i in name_to_index.items()}
+    if not isinstance(indices, list) or any(int(i) not in index_to_name for i in indices):
+        return None
+    return [index_to_name[int(i)] for i in sorted(int(i) for i in indices)]
+
+
+def complete_data_indices(md: Mapping[str, Any]) -> dict[str, Any]:
+    """``md`` with its 1.0 ``data_indices`` in the form anemoi-models' ``IndexCollection.todict()``
+    has had since 0.12 (what 2.0 files record and what today's code rebuilds and compares):
+
+    * ``name_to_index`` in each of ``{data,model}.{input,output}``, which 1.0 trainers did not write:
+      ``data.*`` is the dataset's variable order (``dataset.variables``, the ``name_to_index`` the
+      trainer built its collection from); ``model.input`` / ``model.output`` number, in that order,
+      the variables at ``data.input.full`` / ``data.output.full`` (``IndexCollection``: forcing and
+      prognostic in, prognostic and diagnostic out);
+    * ``target: []`` where a list lacks it (releases before target variables had none);
+    * ``internal_data`` / ``internal_model`` (anemoi-models <= 0.4 remapper bookkeeping) dropped:
+      no later collection has them (the source metadata is carried verbatim).
+
+    Where ``dataset.variables`` is missing, or the indices do not fit it, ``name_to_index`` is left
+    out rather than guessed. Pure: dict in, new dict out."""
+    out = copy.deepcopy(dict(md))
+    indices = out.get("data_indices")
+    if not isinstance(indices, dict) or not isinstance(indices.get("data"), Mapping) \
+            or not isinstance(indices.get("model"), Mapping):
+        return out
+    for extra in ("internal_data", "internal_model"):
+        indices.pop(extra, None)
+    for part in ("data", "model"):
+        for io in ("input", "output"):
+            node = _get(indices, part, io)
+            if isinstance(node, dict):
+                node.setdefault("target", [])
+    variables = _get(out, "dataset", "variables")
+    if not isinstance(variables, list) or not variables:
+        return out
+    data_n2i = {str(v): i for i, v in enumerate(variables)}
+    model_n2i = {}
+    for io in ("input", "output"):
+        names = _names_of(_get(indices, "data", io, "full"), data_n2i)
+        if names is None:
+            return out
+        model_n2i[io] = {n: i for i, n in enumerate(names)}
+    for io in ("input", "output"):
+        indices["data"][io].setdefault("name_to_index", dict(data_n2i))
+        indices["model"][io].setdefault("name_to_index", model_n2i[io])
+    return out
+
+
 def synthesize_metadata_inference(md: Mapping[str, Any]) -> dict[str, Any]:
     """``md`` plus a ``metadata_inference`` built from its 1.0 content (kept if already there).
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .metadata_v2 import synthesize_metadata_inference
+from .metadata_v2 import complete_data_indices, synthesize_metadata_inference
 
 Names = Mapping[str, list[str]]
 Move = dict[tuple[str, str], tuple[str, str]]
@@ -225,6 +225,7 @@ def lookup(md: Any, dotted: str) -> tuple[bool, Any]:
 #: metadata changes too structural for set/move/wrap. Each: dict in, new dict out.
 META_FUNCTIONS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "synthesize_metadata_inference": synthesize_metadata_inference,
+    "complete_data_indices": complete_data_indices,
 }
 
 
