@@ -81,5 +81,17 @@ def mismatch_hint(md: Mapping[str, Any] | None, installed: Version,
                 f"{step.anemoi_models} ({step.name}), after the installed {installed}: install "
                 f"anemoi-models>={step.anemoi_models}")
     written = f"anemoi-models {file_version}" if file_version else "an unrecorded anemoi-models"
+    training = _recorded(md, "anemoi.training")
+    if training:
+        written = f"anemoi-training {training} with {written}"
     return (f"the file was written by {written}, the installed one is {installed}, and no "
-            "translation step covers the difference (see docs/anemoi-inference.md)")
+            "translation step covers the difference (releases covered: docs/compatibility.md)")
+
+
+def _recorded(md: Mapping[str, Any] | None, module: str) -> str | None:
+    """A module version from ``provenance_training.module_versions`` (a string, or since
+    anemoi-utils#268 ``{"version": ...}``)."""
+    versions = ((md or {}).get("provenance_training") or {}).get("module_versions") or {}
+    raw = versions.get(module) if isinstance(versions, Mapping) else None
+    raw = raw.get("version") if isinstance(raw, Mapping) else raw
+    return raw if isinstance(raw, str) else None
