@@ -84,3 +84,16 @@ def _leaves(tree):
             yield from _leaves(v)
         else:
             yield v
+
+
+def test_a_release_older_than_any_covered_is_refused_in_one_line(tmp_path) -> None:
+    src = tmp_path / "ancient.ckpt"
+    md = dict(MD_1_0, provenance_training={"module_versions": {
+        "anemoi.models": "0.2.1", "anemoi.training": "0.1.0"}})
+    _torch_file(src, {"anemoi-metadata/ai-models.json": json.dumps(md).encode()})
+    with pytest.raises(FormatError) as e:
+        convert(src, tmp_path / "x.anc")
+    text = str(e.value)
+    assert "anemoi-training 0.1.0" in text and "anemoi-models 0.2.1" in text and "w" in text
+    assert "\n" not in text and not (tmp_path / "x.anc").exists()
+    convert(src, tmp_path / "kept.anc", keep_layout=True)   # the way out it names

@@ -139,9 +139,31 @@ def _refuse_collisions(step: Step, state: Mapping[Key, Key], label: str) -> None
         seen[new] = orig
 
 
+#: The oldest anemoi-models whose files the shipped steps are proven on (anemoi-training 0.2.2,
+#: docs/compatibility.md). Older layouts are refused rather than half translated.
+OLDEST_COVERED = Version("0.3.0")
+
+
+def _refuse_uncovered(inp: TranslationInput, version: Version | None) -> None:
+    if version is None or version >= OLDEST_COVERED:
+        return
+    md = inp.anemoi_metadata or {}
+    versions = (md.get("provenance_training") or {}).get("module_versions") or {}
+    training = versions.get("anemoi.training") if isinstance(versions, Mapping) else None
+    training = training.get("version") if isinstance(training, Mapping) else training
+    names = [n for sec in inp.sections.values() for n in sec][:3]
+    raise FormatError(inp.label, f"written by anemoi-training {training or '(unrecorded)'} with "
+                      f"anemoi-models {version}, older than any release the translation steps "
+                      f"cover (anemoi-models {OLDEST_COVERED}); its names ({', '.join(names)}, ...) "
+                      "are explained by no step",
+                      "convert with --keep-layout to keep the layout as it is (it then loads only in "
+                      "that anemoi-models release); covered releases: docs/compatibility.md")
+
+
 def _run(inp: TranslationInput, steps: Sequence[Step] | None) -> tuple[list[Step], dict[Key, Key], dict[str, Any] | None, list[dict]]:
     steps = load_steps() if steps is None else steps
     version = models_version_of(inp)
+    _refuse_uncovered(inp, version)
     state: dict[Key, Key] = {(sec, n): (sec, n) for sec, names in inp.sections.items() for n in names}
     if len(state) != sum(len(v) for v in inp.sections.values()):
         raise FormatError(inp.label, "a section lists the same tensor name twice")
