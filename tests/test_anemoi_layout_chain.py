@@ -12,6 +12,7 @@ expected to fail (strictly: closing the gap makes the test say so).
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from packaging.version import Version
 from anemoi_ckpt.anemoi.layout import steps_up_to
 from anemoi_ckpt.convert.sources import detect
 from anemoi_ckpt.translate import TranslationInput, translate
-from anemoi_ckpt.translate.ops import load_supplied
+from anemoi_ckpt.translate.ops import load_consumed, load_supplied
 from anemoi_ckpt.translate.steps import load_steps
 from tests.conftest import FIXTURES
 
@@ -70,6 +71,18 @@ def layout(folder: Path, up_to: Version) -> dict[str, tuple[str, tuple[int, ...]
         source.close()
 
 
+#: tensors with one axis per graph edge: two releases' anemoi-graphs may build different edges from
+#: the same graph config (e.g. 0.4.4 and 0.6.2: 256 and 248 encoder edges), which no layout step
+#: explains or should; that axis is left out of the comparison, every other one must match
+_PER_EDGE = re.compile(r"(edge_attr|edge_index_base|edge_inc|trainable\.trainable)$")
+
+
+def _layout_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if not _PER_EDGE.search(name) or "node_attributes" in name or not shape:
+        return shape
+    return shape[:-1] if name.endswith("edge_index_base") else shape[1:]
+
+
 @pytest.mark.parametrize(("old", "new", "new_version"), _pairs())
 def test_translated_layout_equals_the_next_release(old: Path, new: Path, new_version: Version) -> None:
     mine, theirs = layout(old, new_version), layout(new, new_version)
@@ -77,9 +90,11 @@ def test_translated_layout_equals_the_next_release(old: Path, new: Path, new_ver
     load_ops = [op for s in steps_up_to(new_version, load_steps(), load_ops=True) for op in s.load_ops]
     missing = sorted(n for n in theirs.keys() - mine.keys()
                      if not load_supplied(load_ops, n.partition(":")[2]))
-    extra = sorted(mine.keys() - theirs.keys())
+    # ... and tensors a load op takes out of the file (e.g. a fused projection it splits)
+    extra = sorted(n for n in mine.keys() - theirs.keys() if not load_consumed(load_ops, n.partition(":")[2]))
     assert not missing and not extra, (
         f"{len(missing)} names of the next release not produced (first: {missing[:4]}); "
         f"{len(extra)} produced that it does not have (first: {extra[:4]})")
-    shapes = {n: (mine[n], theirs[n]) for n in mine if mine[n] != theirs[n]}
+    shapes = {n: (mine[n], theirs[n]) for n in mine
+              if n in theirs and _layout_shape(n, mine[n]) != _layout_shape(n, theirs[n])}
     assert not shapes, f"shapes differ: {dict(list(shapes.items())[:4])}"

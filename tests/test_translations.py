@@ -338,3 +338,28 @@ def test_every_subpackage_is_listed_for_the_wheel() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "anemoi_ckpt").rglob("__init__.py")}
     assert found <= listed and "anemoi_ckpt._translations" in listed
+
+
+def test_complete_data_indices_as_a_genuine_1_0_file_needs() -> None:
+    """1.0 trainers wrote index lists only (anemoi-models <= 0.4 also internal_* copies, before
+    target variables no target lists): name_to_index comes from dataset.variables, as
+    IndexCollection numbers it; without the variables nothing is guessed."""
+    from anemoi_ckpt.translate.metadata_v2 import complete_data_indices
+
+    io = lambda full, f, d, p: {"full": full, "forcing": f, "diagnostic": d, "prognostic": p}  # noqa: E731
+    indices = {"data": {"input": io([0, 1, 2], [2], [], [0, 1]), "output": io([0, 1, 3], [], [3], [0, 1])},
+               "model": {"input": io([0, 1, 2], [2], [], [0, 1]), "output": io([0, 1, 2], [], [2], [0, 1])}}
+    indices["internal_data"] = copy.deepcopy(indices["data"])
+    md = {"dataset": {"variables": ["2t", "10u", "lsm", "tp"]}, "data_indices": indices}
+    out = complete_data_indices(md)
+    assert md["data_indices"] is indices and "internal_data" in indices  # not mutated
+    di = out["data_indices"]
+    assert set(di) == {"data", "model"}
+    assert di["data"]["input"]["name_to_index"] == di["data"]["output"]["name_to_index"] == \
+        {"2t": 0, "10u": 1, "lsm": 2, "tp": 3}
+    assert di["model"]["input"]["name_to_index"] == {"2t": 0, "10u": 1, "lsm": 2}
+    assert di["model"]["output"]["name_to_index"] == {"2t": 0, "10u": 1, "tp": 2}
+    assert all(di[p][s]["target"] == [] for p in ("data", "model") for s in ("input", "output"))
+    assert complete_data_indices(out) == out
+    bare = complete_data_indices({"data_indices": indices})["data_indices"]
+    assert "name_to_index" not in bare["data"]["input"] and bare["model"]["output"]["target"] == []

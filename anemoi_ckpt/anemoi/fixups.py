@@ -67,9 +67,56 @@ def permute_trainable_edges(model: Any, weights: Tensors, buffers: Tensors,
     return weights, buffers
 
 
+def tie_shared(model: Any, weights: Tensors, buffers: Tensors,
+               params: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    """A persistent tensor matching ``pattern`` that the file lacks, where the installed
+    anemoi-models built it as the same tensor as another state-dict name (one module reachable
+    under two names, e.g. the graph transformer mapper's ``layer_norm_attention_dest``, which is
+    ``layer_norm_attention`` since anemoi-models 0.5.0), takes the file's value of that other
+    name. A file that stores one module once (translated from a layout with one name) then loads
+    strictly. Only names the file does not have: never overwrites."""
+    pattern: re.Pattern[str] = params["pattern"]
+    own = model.state_dict(keep_vars=True)
+    by_id: dict[int, list[str]] = {}
+    for name, tensor in own.items():
+        by_id.setdefault(id(tensor), []).append(name)
+    weights = dict(weights)
+    for name, tensor in own.items():
+        if name in weights or not pattern.search(name):
+            continue
+        twin = next((n for n in by_id[id(tensor)] if n != name and n in weights), None)
+        if twin is not None:
+            weights[name] = weights[twin]
+    return weights, buffers
+
+
+def split_fused_qkv(model: Any, weights: Tensors, buffers: Tensors,
+                    params: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    """anemoi-models <= 0.6 projected query, key and value of its (multi-head self-) attention with
+    one fused ``lin_qkv`` whose output ``chunk(3, -1)`` split into q, k, v; 0.7.0 (anemoi-core#179)
+    has three ``lin_q``, ``lin_k``, ``lin_v``. Where the installed code built the three and the
+    file has only ``lin_qkv``: its rows (and bias) split in three, in that order, which computes
+    exactly what the fused projection did."""
+    weights = dict(weights)
+    for path, module in model.named_modules():
+        if not all(hasattr(module, a) for a in ("lin_q", "lin_k", "lin_v")):
+            continue
+        prefix = f"{path}." if path else ""
+        for kind in ("weight", "bias"):
+            fused = weights.get(f"{prefix}lin_qkv.{kind}")
+            if fused is None or f"{prefix}lin_q.{kind}" in weights:
+                continue
+            for part, chunk in zip(("lin_q", "lin_k", "lin_v"), fused.chunk(3, dim=0)):
+                weights[f"{prefix}{part}.{kind}"] = chunk
+            del weights[f"{prefix}lin_qkv.{kind}"]
+    return weights, buffers
+
+
 LOAD_FUNCTIONS: dict[str, LoadFn] = {
     "keep_built": keep_built,
     "permute_trainable_edges": permute_trainable_edges,
+    "tie_shared": tie_shared,
+    "split_fused_qkv": split_fused_qkv,
 }
 
 

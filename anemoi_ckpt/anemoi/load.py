@@ -153,17 +153,21 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
         else:
             raise FormatError(path, "neither a graph nor a buffers section: cannot build the graph")
         supporting = {k: copy.deepcopy(v) for k, v in ck.supporting_arrays.items()}
-        with _skip_init():
-            model = AnemoiModelInterface(
-                config=config,
-                n_step_input=n_in,
-                n_step_output=n_out,
-                graph_data=graph,
-                statistics=_statistics(data_indices),
-                data_indices=data_indices,
-                metadata=copy.deepcopy(md),
-                supporting_arrays=supporting,
-            )
+        try:
+            with _skip_init():
+                model = AnemoiModelInterface(
+                    config=config,
+                    n_step_input=n_in,
+                    n_step_output=n_out,
+                    graph_data=graph,
+                    statistics=_statistics(data_indices),
+                    data_indices=data_indices,
+                    metadata=copy.deepcopy(md),
+                    supporting_arrays=supporting,
+                )
+        except Exception as e:  # hydra/omegaconf/TypeError from a config no step brought forward
+            raise FormatError(path, f"the model config does not build with the installed "
+                              f"anemoi-models {installed}: {_config_problem(e)}", hint) from None
         weights, buffers, fixed = run_load_ops(
             model, weights, buffers, steps_up_to(installed, load_steps(), load_ops=True))
         if fixed:
@@ -227,6 +231,17 @@ def _load_weights(model: Any, weights: Any, path: str, hint: str) -> None:
                               "anemoi-models", hint)
         state[name] = t if t.dtype == mine.dtype else t.to(mine.dtype)
     model.load_state_dict(state, strict=True, assign=True)
+
+
+def _config_problem(e: BaseException) -> str:
+    """The innermost cause of a failed build, on one line (hydra wraps it, omegaconf appends the
+    full key on later lines)."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    text = str(e).strip()
+    key = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.strip().startswith("full_key:")), None)
+    first = text.splitlines()[0] if text else type(e).__name__
+    return f"{first} (config key {key})" if key else first
 
 
 def _key_report(missing: list[str], unexpected: list[str]) -> str:

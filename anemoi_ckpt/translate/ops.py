@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .hierarchical import broadcast_hidden_trainables
 from .metadata_v2 import complete_data_indices, synthesize_metadata_inference
+from .legacy_config import legacy_attention_config, legacy_layer_kernels, transformer_dropout_off
+from .legacy_models import component_layer_kernels, legacy_residual, per_component_layer_kernels
 
 Names = Mapping[str, list[str]]
 Move = dict[tuple[str, str], tuple[str, str]]
@@ -80,13 +83,17 @@ def op_insert_dataset(names: Names, params: Mapping[str, Any], ctx: Context) -> 
     return out
 
 
-def _config_blocks_per_chunk(md: Mapping[str, Any] | None) -> int | None:
+def _config_blocks_per_chunk(md: Mapping[str, Any] | None, layers_at: str | None = None) -> int | None:
     """``num_layers // num_chunks`` from the training config in the metadata, when both are there.
 
-    Older configs kept ``num_chunks`` on ``model`` rather than ``model.processor``."""
+    Older configs kept ``num_chunks`` on ``model`` rather than ``model.processor``. ``layers_at``:
+    a dotted path to read the layer count from instead (a processor built with its own
+    ``num_layers``, e.g. a hierarchical model's level processors)."""
     model = ((md or {}).get("config") or {}).get("model") or {}
     proc = model.get("processor") or {}
     layers = proc.get("num_layers", model.get("num_layers"))
+    if layers_at is not None:
+        layers = lookup(md, layers_at)[1]
     chunks = proc.get("num_chunks", model.get("num_chunks"))
     if not isinstance(layers, int) or not isinstance(chunks, int) or chunks <= 0:
         return None
@@ -116,7 +123,7 @@ def op_flatten_chunks(names: Names, params: Mapping[str, Any], ctx: Context) -> 
         return {}
     counts = {c: len(b) for c, b in blocks.items()}
     complete = len(set(counts.values())) == 1 and all(b == set(range(len(b))) for b in blocks.values())
-    configured = _config_blocks_per_chunk(ctx.anemoi_metadata)
+    configured = _config_blocks_per_chunk(ctx.anemoi_metadata, params.get("num_layers"))
     if configured is None:
         if not complete:
             raise OpError(f"processor chunks are uneven (blocks per chunk: {dict(sorted(counts.items()))}) "
@@ -136,6 +143,39 @@ def op_flatten_chunks(names: Names, params: Mapping[str, Any], ctx: Context) -> 
     for (sec, name), m in hits.items():
         flat = int(m["chunk"]) * per_chunk + int(m["block"])
         out[(sec, name)] = (sec, f"{m['prefix']}{flat}.{name[m.end():]}")
+    return out
+
+
+def op_level_rename(names: Names, params: Mapping[str, Any], ctx: Context) -> Move:
+    """``pattern`` (regex with a named group ``level``, searched) -> ``replacement`` (``re``
+    template in which ``{level}`` stands for the level ``shift`` places further along the ordered
+    level names, e.g. the hidden node sets of a hierarchical model, finest first). The level names
+    are the first of the dotted metadata paths ``levels`` that is present (a string: one level).
+    ``at`` (optional, a list index: -1 is the last level) renames only the names of that level.
+    A matched level that is not listed, or a shift past either end, is refused."""
+    pattern: re.Pattern[str] = params["pattern"]
+    shift = params.get("shift", 0)
+    levels: list[str] | None = None
+    for dotted in params["levels"]:
+        found, value = lookup(ctx.anemoi_metadata, dotted)
+        if found:
+            levels = [value] if isinstance(value, str) else [str(v) for v in value]
+            break
+    out: Move = {}
+    for sec in _sections(names, params):
+        for name in names[sec]:
+            m = pattern.search(name)
+            if not m:
+                continue
+            if levels is None:
+                raise OpError(f"{name}: no level names in the metadata at {', '.join(params['levels'])}")
+            if "at" in params and m["level"] in levels and levels.index(m["level"]) != params["at"] % len(levels):
+                continue
+            index = levels.index(m["level"]) + shift if m["level"] in levels else -1
+            if not 0 <= index < len(levels):
+                raise OpError(f"{name}: level {m['level']!r} shifted by {shift} is not one of {levels}")
+            template = params["replacement"].replace("{level}", levels[index].replace("\\", "\\\\"))
+            out[(sec, name)] = (sec, name[:m.start()] + m.expand(template) + name[m.end():])
     return out
 
 
@@ -226,6 +266,13 @@ def lookup(md: Any, dotted: str) -> tuple[bool, Any]:
 META_FUNCTIONS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "synthesize_metadata_inference": synthesize_metadata_inference,
     "complete_data_indices": complete_data_indices,
+    "transformer_dropout_off": transformer_dropout_off,
+    "legacy_layer_kernels": legacy_layer_kernels,
+    "legacy_attention_config": legacy_attention_config,
+    "broadcast_hidden_trainables": broadcast_hidden_trainables,
+    "legacy_residual": legacy_residual,
+    "per_component_layer_kernels": per_component_layer_kernels,
+    "component_layer_kernels": component_layer_kernels,
 }
 
 
@@ -241,8 +288,10 @@ OPS: dict[str, OpKind] = {
                    frozenset({"pattern"})),
     "insert_dataset": OpKind("names", op_insert_dataset, frozenset({"prefixes"}),
                              _S | {"dataset"}),
-    "flatten_chunks": OpKind("names", op_flatten_chunks, frozenset({"pattern"}), _S,
+    "flatten_chunks": OpKind("names", op_flatten_chunks, frozenset({"pattern"}), _S | {"num_layers"},
                              frozenset({"pattern"})),
+    "level_rename": OpKind("names", op_level_rename, frozenset({"pattern", "replacement", "levels"}),
+                           _S | {"shift", "at"}, frozenset({"pattern"})),
     "meta_set": OpKind("metadata", meta_set, frozenset({"key", "value"})),
     "meta_move": OpKind("metadata", meta_move, frozenset({"from", "to"})),
     "meta_wrap_dataset": OpKind("metadata", meta_wrap_dataset, frozenset({"keys"}),
@@ -260,10 +309,23 @@ OPS: dict[str, OpKind] = {
 
 #: the functions a ``load_call`` op may name (implemented in anemoi_ckpt.anemoi.fixups, which
 #: needs anemoi-models; listed here so a step file is checked without importing it)
-LOAD_FUNCTIONS = frozenset({"keep_built", "permute_trainable_edges"})
+LOAD_FUNCTIONS = frozenset({"keep_built", "permute_trainable_edges", "tie_shared", "split_fused_qkv"})
 #: what each supplies that older files lack (a regex over names), beside an op's own ``pattern``:
 #: a layout check over names alone (tests/test_anemoi_layout_chain.py) counts them as present
-LOAD_SUPPLIES = {"permute_trainable_edges": re.compile(r"_graph_provider\.(\S+\.)?(trainable_layout_version|perm)$")}
+#: (hierarchical models keep their level providers in ModuleDicts named ``..._graph_providers``)
+LOAD_SUPPLIES = {"permute_trainable_edges": re.compile(r"_graph_providers?\.(\S+\.)?(trainable_layout_version|perm)$")}
+
+
+LOAD_SUPPLIES["split_fused_qkv"] = re.compile(r"\.attention\.lin_[qkv]\.(weight|bias)$")
+#: what each takes out of the file's tensors (a regex over names): a layout check over names
+#: alone counts them as gone (split_fused_qkv replaces lin_qkv by lin_q, lin_k, lin_v)
+LOAD_CONSUMES = {"split_fused_qkv": re.compile(r"\.attention\.lin_qkv\.(weight|bias)$")}
+
+
+def load_consumed(ops: "Any", name: str) -> bool:
+    """Whether a load op of ``ops`` takes tensor ``name`` out of a file that has it."""
+    return any((p := LOAD_CONSUMES.get(op.params["function"])) is not None and p.search(name)
+               for op in ops)
 
 
 def load_supplied(ops: "Any", name: str) -> bool:
@@ -287,6 +349,16 @@ def check_params(kind: str, params: Mapping[str, Any]) -> list[str]:
         missing = {"prefix", "chunk", "block"} - params["pattern"].groupindex.keys()
         if missing:
             problems.append(f"flatten_chunks pattern lacks named groups {sorted(missing)}")
+    if kind == "level_rename":
+        if isinstance(params.get("pattern"), re.Pattern) and "level" not in params["pattern"].groupindex:
+            problems.append("level_rename pattern lacks the named group 'level'")
+        levels = params.get("levels")
+        if not isinstance(levels, list) or not levels or not all(isinstance(v, str) and v for v in levels):
+            problems.append("level_rename levels must be a list of dotted metadata paths")
+        for key in ("shift", "at"):
+            value = params.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool):
+                problems.append(f"level_rename {key} must be an integer")
     if kind == "load_call" and params.get("function") not in LOAD_FUNCTIONS:
         problems.append(f"load_call function {params.get('function')!r} is not registered "
                         f"(known: {', '.join(sorted(LOAD_FUNCTIONS))})")
