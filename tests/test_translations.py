@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ROOT / "fixtures" / "legacy" / "layouts"
 STEPS = {s.name: s for s in load_steps()}
 TENSOR_STEPS = [n for n, s in STEPS.items() if s.changes_names]
+#: steps with name or metadata ops: each needs a before/after layout. Load-only steps (only
+#: load_call ops, which translate() never runs) are proven by tests/test_anemoi_releases.py; a
+#: layout written for one anyway is still checked.
+LAYOUT_STEPS = [n for n, s in STEPS.items()
+                if s.changes_names or s.changes_metadata or (LAYOUTS / n / "before.json").exists()]
 
 
 def _load(step_dir: str) -> tuple[dict, dict]:
@@ -39,7 +44,7 @@ def _renames(result) -> dict:
 
 # ---- each step against its own before/after layout --------------------------------------------
 
-@pytest.mark.parametrize("name", list(STEPS))
+@pytest.mark.parametrize("name", LAYOUT_STEPS)
 def test_step_before_after(name: str) -> None:
     before, after = _load(name)
     result = translate(_input(before), steps=[STEPS[name]])
@@ -66,7 +71,9 @@ def test_step_reads_real_torch_file(name: str) -> None:
 
 
 def test_every_step_has_a_fixture() -> None:
-    assert {p.name for p in LAYOUTS.iterdir() if (p / "before.json").exists()} >= set(STEPS)
+    """Hand-written, or derived from the genuine release files by make_layouts.py (rerun it)."""
+    need = {n for n, s in STEPS.items() if s.changes_names or s.changes_metadata}
+    assert need - {p.name for p in LAYOUTS.iterdir() if (p / "before.json").exists()} == set()
 
 
 # ---- the whole chain -----------------------------------------------------------------------------
