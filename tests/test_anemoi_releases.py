@@ -174,7 +174,7 @@ def _forecast_params() -> list:
     for release, model, folder in CASES:
         if model != "gnn":
             continue
-        gap = (_rule(release, model).get("gap") or {}).get("inference")
+        gap = _rule(release, model).get("forecast_gap")
         marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
         out.append(pytest.param(release, folder, marks=marks, id=release))
     return out
@@ -187,7 +187,12 @@ def test_anemoi_inference_forecasts_from_a_converted_release_file(release: str, 
     anc = tmp_path / "model.anc"
     convert(folder / "inference-last.ckpt", anc)
     nc = tmp_path / "forecast.nc"
-    r = _run(tmp_path, "run", _forecast(dataset, anc, "anc", nc), guard=True)
+    config = _forecast(dataset, anc, "anc", nc)
+    # compatibility.toml: what an operator must add to run this release's model on today's data
+    pre = _rule(release, "gnn").get("forecast_pre_processors")
+    if pre:
+        config["pre_processors"] = list(pre)
+    r = _run(tmp_path, "run", config, guard=True)
     assert r.returncode == 0, r.stderr[-3000:]
     got = _read(nc)
     assert got["time"].shape == (1 + LEAD_HOURS // 6,)
