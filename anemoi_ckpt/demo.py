@@ -1,6 +1,8 @@
 """Built-in demo data: a small anemoi-shaped model checkpoint on a synthetic grid.
 
-The tensor names follow anemoi-models' encoder-processor-decoder layout, the normaliser buffers
+The tensor names follow anemoi-models' encoder-processor-decoder layout as of 0.19 (recorded as
+that version in the metadata's provenance, so the translation steps, which bring older layouts
+forward, rightly leave it alone), the normaliser buffers
 are shared between the pre- and post-processor (as in anemoi, so the file stores them once, as
 aliases), the graph goes to a ``graph`` section, and the anemoi metadata carries the usual
 supporting arrays (latitudes, longitudes) so ``load_metadata`` from anemoi-utils works on it.
@@ -33,8 +35,8 @@ def demo_state_dict(*, channels: int = 64, layers: int = 2, n_vars: int = len(VA
                 (torch.rand(out_f, generator=g) * 2 - 1) * bound)
 
     sd: dict[str, torch.Tensor] = {}
-    for prefix, (o, i) in {"model.encoder.data.emb_nodes_src": (channels, n_vars + 4),
-                           "model.decoder.data.node_data_extractor.1": (n_vars, channels)}.items():
+    for prefix, (o, i) in {"model.encoder.0.emb_nodes_src": (channels, n_vars + 4),
+                           "model.decoder.0.node_data_extractor.1": (n_vars, channels)}.items():
         sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = lin(o, i)
     for k in range(layers):
         p = f"model.processor.proc.{k}"
@@ -80,7 +82,7 @@ def demo_anemoi_metadata() -> tuple[dict, dict]:
         "data_indices": {"data": {"data": {"input": {"name_to_index": {v: i for i, v in enumerate(VARIABLES)}}}}},
         "metadata_inference": {"dataset_names": ["data"], "task": "forecaster",
                                "data": {"timesteps": {"timestep": "6h"}}},
-        "provenance_training": {"module_versions": {"anemoi-ckpt-demo": "0"}},
+        "provenance_training": {"module_versions": {"anemoi-ckpt-demo": "0", "anemoi.models": "0.19.0"}},
         "timestamp": "2026-01-01T00:00:00",
     }
     return md, {"data": {"latitudes": lat, "longitudes": lon}}

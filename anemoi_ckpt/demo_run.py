@@ -147,7 +147,7 @@ def _adapter_demo(out: Path, base: Path, weights: dict[str, Any], md: dict[str, 
         if ".attention.lin_" in name and name.endswith(".weight"):
             a, b = torch.randn(4, t.shape[1], generator=g), torch.randn(t.shape[0], 4, generator=g)
             tuned[name] = t + 0.01 * (b @ a)
-    bias = "model.decoder.data.node_data_extractor.1.bias"
+    bias = "model.decoder.0.node_data_extractor.1.bias"
     tuned[bias] = weights[bias] + 0.1
     finetuned = out / "regional-finetune.anc"
     save(finetuned, tuned, anemoi_metadata=md, supporting_arrays=arrays, parents=[base],

@@ -526,7 +526,7 @@ def test_dtype_this_torch_lacks(demo_file: Path, monkeypatch: pytest.MonkeyPatch
         mapping = ck.tensors()  # the header is fine
         assert mapping["model.num_steps"].item() == 0
         with pytest.raises(AncError) as ei:
-            mapping["model.encoder.data.emb_nodes_src.weight"]
+            mapping["model.encoder.0.emb_nodes_src.weight"]
     check_error(ei.value, demo_file, VersionError, "dtype F32 is not supported by torch",
                 "upgrade torch", section="weights.safetensors")
 
