@@ -9,16 +9,14 @@ layout change should be expressible as a TOML step over these kinds, not as new 
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .hierarchical import broadcast_hidden_trainables
-from .metadata_v2 import complete_data_indices, synthesize_metadata_inference
-from .legacy_config import legacy_attention_config, legacy_layer_kernels, transformer_dropout_off
-from .legacy_models import component_layer_kernels, legacy_residual, per_component_layer_kernels
+from .load_ops import LOAD_FUNCTIONS, LOAD_SUPPLIES, load_consumed, load_supplied
+from .meta_ops import (META_FUNCTIONS, lookup, meta_call, meta_copy, meta_default, meta_delete,
+                       meta_move, meta_set, meta_wrap_dataset)
 
 Names = Mapping[str, list[str]]
 Move = dict[tuple[str, str], tuple[str, str]]
@@ -179,107 +177,6 @@ def op_level_rename(names: Names, params: Mapping[str, Any], ctx: Context) -> Mo
     return out
 
 
-# ---- metadata operations: dict in, new dict out --------------------------------------------------
-
-def _path(dotted: str) -> list[str]:
-    return dotted.split(".")
-
-
-def meta_set(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Set ``key`` (dotted path) to ``value``, creating intermediate tables."""
-    out = copy.deepcopy(dict(md))
-    *parents, leaf = _path(params["key"])
-    node = out
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = copy.deepcopy(params["value"])
-    return out
-
-
-def meta_move(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Move the value at dotted ``from`` to dotted ``to``; absent ``from`` is a no-op."""
-    out = copy.deepcopy(dict(md))
-    *parents, leaf = _path(params["from"])
-    node: Any = out
-    for p in parents:
-        node = node.get(p) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or leaf not in node:
-        return out
-    value = node.pop(leaf)
-    return meta_set(out, {"key": params["to"], "value": value})
-
-
-def meta_wrap_dataset(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Wrap each present top-level ``keys`` entry as ``{<dataset>: value}``."""
-    dataset = params.get("dataset", "data")
-    out = copy.deepcopy(dict(md))
-    for key in params["keys"]:
-        if key in out:
-            out[key] = {dataset: out[key]}
-    return out
-
-
-def meta_default(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Set ``key`` to ``value`` only where it is absent: a setting a newer anemoi-models reads
-    that older configs never wrote, at the value the older code behaved with."""
-    node: Any = md
-    for p in _path(params["key"]):
-        if not isinstance(node, Mapping) or p not in node:
-            return meta_set(md, params)
-        node = node[p]
-    return copy.deepcopy(dict(md))
-
-
-def meta_delete(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Remove ``key`` (a setting the newer code no longer takes). Nothing is lost: the converter
-    carries the source's metadata document verbatim whenever a step changed it."""
-    out = copy.deepcopy(dict(md))
-    *parents, leaf = _path(params["key"])
-    node: Any = out
-    for p in parents:
-        node = node.get(p) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(leaf, None)
-    return out
-
-
-def meta_copy(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy the value at dotted ``from`` to dotted ``to`` (absent ``from``: no-op)."""
-    found, value = lookup(md, params["from"])
-    if not found:
-        return copy.deepcopy(dict(md))
-    return meta_set(md, {"key": params["to"], "value": value})
-
-
-def lookup(md: Any, dotted: str) -> tuple[bool, Any]:
-    """(present, value) at a dotted path. Pure."""
-    node = md
-    for p in _path(dotted):
-        if not isinstance(node, Mapping) or p not in node:
-            return False, None
-        node = node[p]
-    return True, node
-
-
-#: python functions a step may call by name (``kind = "meta_call"``, ``function = "..."``), for
-#: metadata changes too structural for set/move/wrap. Each: dict in, new dict out.
-META_FUNCTIONS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "synthesize_metadata_inference": synthesize_metadata_inference,
-    "complete_data_indices": complete_data_indices,
-    "transformer_dropout_off": transformer_dropout_off,
-    "legacy_layer_kernels": legacy_layer_kernels,
-    "legacy_attention_config": legacy_attention_config,
-    "broadcast_hidden_trainables": broadcast_hidden_trainables,
-    "legacy_residual": legacy_residual,
-    "per_component_layer_kernels": per_component_layer_kernels,
-    "component_layer_kernels": component_layer_kernels,
-}
-
-
-def meta_call(md: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    return META_FUNCTIONS[params["function"]](md)
-
-
 _S = frozenset({"sections"})
 OPS: dict[str, OpKind] = {
     "rename": OpKind("names", op_rename, frozenset({"pattern", "replacement"}), _S,
@@ -306,36 +203,6 @@ OPS: dict[str, OpKind] = {
     "load_call": OpKind("load", None, frozenset({"function"}), frozenset({"pattern"}),
                         frozenset({"pattern"})),
 }
-
-#: the functions a ``load_call`` op may name (implemented in anemoi_ckpt.anemoi.fixups, which
-#: needs anemoi-models; listed here so a step file is checked without importing it)
-LOAD_FUNCTIONS = frozenset({"keep_built", "permute_trainable_edges", "tie_shared", "split_fused_qkv"})
-#: what each supplies that older files lack (a regex over names), beside an op's own ``pattern``:
-#: a layout check over names alone (tests/test_anemoi_layout_chain.py) counts them as present
-#: (hierarchical models keep their level providers in ModuleDicts named ``..._graph_providers``)
-LOAD_SUPPLIES = {"permute_trainable_edges": re.compile(r"_graph_providers?\.(\S+\.)?(trainable_layout_version|perm)$")}
-
-
-LOAD_SUPPLIES["split_fused_qkv"] = re.compile(r"\.attention\.lin_[qkv]\.(weight|bias)$")
-#: what each takes out of the file's tensors (a regex over names): a layout check over names
-#: alone counts them as gone (split_fused_qkv replaces lin_qkv by lin_q, lin_k, lin_v)
-LOAD_CONSUMES = {"split_fused_qkv": re.compile(r"\.attention\.lin_qkv\.(weight|bias)$")}
-
-
-def load_consumed(ops: "Any", name: str) -> bool:
-    """Whether a load op of ``ops`` takes tensor ``name`` out of a file that has it."""
-    return any((p := LOAD_CONSUMES.get(op.params["function"])) is not None and p.search(name)
-               for op in ops)
-
-
-def load_supplied(ops: "Any", name: str) -> bool:
-    """Whether a load op of ``ops`` supplies tensor ``name`` when a file lacks it."""
-    for op in ops:
-        pattern = op.params.get("pattern") or LOAD_SUPPLIES.get(op.params["function"])
-        if pattern is not None and pattern.search(name):
-            return True
-    return False
-
 
 def check_params(kind: str, params: Mapping[str, Any]) -> list[str]:
     """Problems with one op table (empty when it is valid); pure, used by the step loader."""
@@ -368,5 +235,5 @@ def check_params(kind: str, params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-__all__ = ["Context", "LOAD_FUNCTIONS", "META_FUNCTIONS", "OPS", "OpError", "OpKind", "check_params",
-           "lookup"]
+__all__ = ["Context", "LOAD_FUNCTIONS", "LOAD_SUPPLIES", "META_FUNCTIONS", "OPS", "OpError", "OpKind",
+           "check_params", "load_consumed", "load_supplied", "lookup"]
