@@ -16,18 +16,20 @@ _AUTOCAST_LN = "anemoi.models.layers.normalization.AutocastLayerNorm"
 _TORCH_LN = "torch.nn.LayerNorm"
 
 
-def _model(md: Mapping[str, Any]) -> dict[str, Any] | None:
+def model_section(md: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``config.model`` of the metadata (a dict to edit in place in a copy), or None."""
     config = md.get("config")
     model = config.get("model") if isinstance(config, Mapping) else None
     return model if isinstance(model, dict) else None
 
 
-def _target(node: Any) -> str:
+def target_of(node: Any) -> str:
+    """A config node's ``_target_`` class path (empty when it has none)."""
     return str(node.get("_target_", "")) if isinstance(node, Mapping) else ""
 
 
 def _is_transformer_processor(model: Mapping[str, Any]) -> bool:
-    return _target(model.get("processor")).rsplit(".", 1)[-1] == "TransformerProcessor"
+    return target_of(model.get("processor")).rsplit(".", 1)[-1] == "TransformerProcessor"
 
 
 def transformer_dropout_off(md: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def transformer_dropout_off(md: Mapping[str, Any]) -> dict[str, Any]:
     ``dropout_p`` in ``**kwargs``); 0.4.0 applies it in training mode, with 0.1 where the config
     has none. 0.0 keeps training from the file as it was; inference (eval mode) is unaffected."""
     out = copy.deepcopy(dict(md))
-    model = _model(out)
+    model = model_section(out)
     if model is not None and _is_transformer_processor(model):
         model["processor"]["dropout_p"] = 0.0
     return out
@@ -54,10 +56,10 @@ def legacy_layer_kernels(md: Mapping[str, Any]) -> dict[str, Any]:
     a mixed model (GNN and transformer layers) gets torch.nn.LayerNorm, which computes the same in
     full precision (the two differ only in the output dtype under autocast)."""
     out = copy.deepcopy(dict(md))
-    model = _model(out)
+    model = model_section(out)
     if model is None or "layer_kernels" in model:
         return out
-    parts = [_target(model.get(k)) for k in ("encoder", "processor", "decoder") if k in model]
+    parts = [target_of(model.get(k)) for k in ("encoder", "processor", "decoder") if k in model]
     gnn = bool(parts) and all(".GNN" in t for t in parts)
     model["layer_kernels"] = {
         "LayerNorm": {"_target_": _AUTOCAST_LN if gnn else _TORCH_LN, "_partial_": True},
@@ -74,7 +76,7 @@ def legacy_attention_config(md: Mapping[str, Any]) -> dict[str, Any]:
     scaled_dot_product_attention, and had no softcap or ALiBi. Whether flash_attn was there is in
     the provenance (``provenance_training.module_versions`` lists every imported module)."""
     out = copy.deepcopy(dict(md))
-    model = _model(out)
+    model = model_section(out)
     if model is None or not _is_transformer_processor(model):
         return out
     proc = model["processor"]

@@ -13,17 +13,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from .legacy_config import model_section, target_of
+
 _SKIP = "anemoi.models.layers.residual.SkipConnection"
-
-
-def _model(md: Mapping[str, Any]) -> dict[str, Any] | None:
-    config = md.get("config")
-    model = config.get("model") if isinstance(config, Mapping) else None
-    return model if isinstance(model, dict) else None
-
-
-def _target(node: Any) -> str:
-    return str(node.get("_target_", "")) if isinstance(node, Mapping) else ""
 
 
 def _truncation(config: Mapping[str, Any]) -> bool:
@@ -49,10 +41,10 @@ def legacy_residual(md: Mapping[str, Any]) -> dict[str, Any]:
     matrices are files outside the checkpoint) and an interpolator without one (``grid_skip:
     null``, which the installed anemoi-models cannot express)."""
     out = copy.deepcopy(dict(md))
-    model = _model(out)
+    model = model_section(out)
     if model is None or "residual" in model or _truncation(out.get("config") or {}):
         return out
-    interpolator = "Interpolator" in _target(model.get("model")).rsplit(".", 1)[-1]
+    interpolator = "Interpolator" in target_of(model.get("model")).rsplit(".", 1)[-1]
     if interpolator:
         step = model.get("grid_skip", 0)
         if step is None:
@@ -78,7 +70,7 @@ def per_component_layer_kernels(md: Mapping[str, Any]) -> dict[str, Any]:
     torch.nn.Linear / torch.nn.LayerNorm for a component without an entry, so a flat entry would
     silently lose its kernels (the GNN's AutocastLayerNorm); copied to each component they stay."""
     out = copy.deepcopy(dict(md))
-    model = _model(out)
+    model = model_section(out)
     kernels = model.get("layer_kernels") if model is not None else None
     if not isinstance(kernels, dict) or any(k in kernels for k in _COMPONENTS):
         return out
@@ -103,7 +95,7 @@ def component_layer_kernels(md: Mapping[str, Any]) -> dict[str, Any]:
     ``_partial_`` is dropped, as anemoi-training 0.5's configs write them). A component without an
     activation gets its old constructor default (SiLU for GNN layers, GELU otherwise)."""
     out = copy.deepcopy(dict(md))
-    model = _model(out)
+    model = model_section(out)
     if model is None:
         return out
     per_component = model.get("layer_kernels")
@@ -116,7 +108,7 @@ def component_layer_kernels(md: Mapping[str, Any]) -> dict[str, Any]:
         kernels = {k: {kk: vv for kk, vv in v.items() if kk != "_partial_"} if isinstance(v, Mapping) else v
                    for k, v in copy.deepcopy(per_component.get(name) or {}).items()}
         activation = component.pop("activation", None) or shared_activation \
-            or _default_activation(_target(component))
+            or _default_activation(target_of(component))
         kernels.setdefault("Activation", {"_target_": f"torch.nn.{activation}"})
         component["layer_kernels"] = kernels
     if all(isinstance(model.get(c), dict) and "layer_kernels" in model[c] for c in _COMPONENTS if c in model):
