@@ -219,3 +219,21 @@ def test_compatibility_matrix_is_current() -> None:
     if os.environ.get("ANEMOI_CKPT_WRITE_MATRIX") == "1":
         DOC.write_text(text)
     assert DOC.read_text() == text, "docs/compatibility.md is out of date: rerun with ANEMOI_CKPT_WRITE_MATRIX=1"
+
+
+def test_an_untranslated_old_layout_fails_in_one_line_naming_versions_and_keys(tmp_path: Path) -> None:
+    """A 0.2.2 file converted with --keep-layout keeps its 0.2.2 config: loading it with today's
+    anemoi-models names the file, the anemoi versions it records and the config key at fault."""
+    from anemoi_ckpt.errors import FormatError
+
+    anc = tmp_path / "kept.anc"
+    convert(ROOT / "0.2.2" / "gnn" / "inference-last.ckpt", anc, keep_layout=True)
+    with pytest.raises(FormatError) as e:
+        load_model(anc)
+    text = str(e.value)
+    assert text.startswith(f"{anc}: ") and "\n" not in text
+    assert "anemoi-training 0.2.2 with anemoi-models 0.3.0" in text
+    assert "data_indices.data.data.input.name_to_index" in text      # the first key no step explained
+    assert "'anemoi-ckpt convert FILE NEW.anc' brings them forward" in text   # and the way out
+    convert(anc, tmp_path / "forward.anc")                             # which works
+    assert load_model(tmp_path / "forward.anc") is not None

@@ -16,7 +16,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from ..translate.engine import TranslationInput, models_version_of, translate
+from ..errors import FormatError
+from ..translate.engine import TranslationInput, models_version_of, plan, translate
 from ..translate.steps import Step, load_steps
 
 
@@ -84,8 +85,19 @@ def mismatch_hint(md: Mapping[str, Any] | None, installed: Version,
     training = _recorded(md, "anemoi.training")
     if training:
         written = f"anemoi-training {training} with {written}"
+    if md is not None and _metadata_steps_apply(md):
+        # steps exist for this metadata: the file kept its old layout (convert --keep-layout)
+        return (f"the file keeps the layout and config of {written} (converted with --keep-layout?): "
+                "'anemoi-ckpt convert FILE NEW.anc' brings them forward")
     return (f"the file was written by {written}, the installed one is {installed}, and no "
             "translation step covers the difference (releases covered: docs/compatibility.md)")
+
+
+def _metadata_steps_apply(md: Mapping[str, Any]) -> bool:
+    try:
+        return any(s.changes_metadata for s in plan(TranslationInput("anc", {}, md)))
+    except FormatError:  # older than any covered release: the plain message applies
+        return False
 
 
 def _recorded(md: Mapping[str, Any] | None, module: str) -> str | None:

@@ -131,11 +131,15 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
         md = ck.anemoi_metadata
         if not md:
             raise FormatError(path, "no anemoi metadata: not an anemoi checkpoint")
-        config = _config(md, path)
-        n_in, n_out = _n_steps(config, md, path)
-        data_indices = _data_indices(config, md, path)
-        sections = ck.tensor_sections()
         installed = _installed_version()
+        hint = mismatch_hint(md, installed)
+        try:
+            config = _config(md, path)
+            n_in, n_out = _n_steps(config, md, path)
+            data_indices = _data_indices(config, md, path)
+        except FormatError as e:  # metadata no step brought forward: say which anemoi wrote it
+            raise FormatError(path, e.what, e.hint or hint, section=e.section) from None
+        sections = ck.tensor_sections()
         found = {}
         for name in ("weights", "buffers"):
             if name in sections:
@@ -145,7 +149,6 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
         if applied:
             LOG.info("%s: layout brought to anemoi-models %s by %s", path, installed, ", ".join(applied))
         weights, buffers = tensors["weights"], tensors.get("buffers", {})
-        hint = mismatch_hint(md, installed)
         if "graph" in sections:
             graph = graph_from_section(ck)
         elif buffers:
