@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 
 from .errors import AncError, FormatError, IntegrityError, UsageError, VersionError  # noqa: E402
 from .reader import Checkpoint, TensorMapping, UnknownSectionWarning, open_checkpoint  # noqa: E402
-from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, LineageRecord, Manifest, Metadata  # noqa: E402
+from .container.schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, LineageRecord, Manifest, Metadata  # noqa: E402
 from .verify import VerifyReport  # noqa: E402
 # Eager (no torch at import: tensors are only touched for digests that differ). A lazy
 # __getattr__ would not do: importing the submodule binds the name ``diff`` to the module.
-from .diff import DiffReport, diff  # noqa: E402
+from .compare.diff import DiffReport, diff  # noqa: E402
 
 
 def __getattr__(name: str):  # noqa: ANN202

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from .reader import Checkpoint
-    from .schema import ModelSpec
+    from .container.schema import ModelSpec
 
 #: Entry point group third-party packages use to add builders (``name = "pkg.module:function"``).
 ENTRY_POINT_GROUP = "anemoi_ckpt.model_builders"
@@ -101,7 +101,7 @@ def resolve_builder(name: str) -> Builder:
 def _as_spec(spec: "ModelSpec | Mapping[str, Any]") -> tuple[str, dict]:
     from pydantic import ValidationError
 
-    from .schema import ModelSpec
+    from .container.schema import ModelSpec
 
     if not isinstance(spec, ModelSpec):
         if not isinstance(spec, Mapping):

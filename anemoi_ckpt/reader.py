@@ -5,7 +5,7 @@ are views over one private memory map of the file (zero-copy; a write to a tenso
 the file), created only for the sections and names asked for.
 
 A URL (``s3://``, ``http(s)://``; ``file://`` is a path) is read by byte ranges instead
-(:mod:`anemoi_ckpt.rangefile`): opening fetches the zip directory and the manifest, JSON sections
+(:mod:`anemoi_ckpt.container.rangefile`): opening fetches the zip directory and the manifest, JSON sections
 and tensor headers are fetched when first used, and each tensor when it is read, so inspecting a
 remote file or loading a few of its tensors transfers only those bytes.
 """
@@ -27,16 +27,17 @@ import numpy as np
 from packaging.version import Version
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, sections as S
+from . import __version__
+from .container import sections as S
 from .anemoi_meta import check_leaf, iter_leaves, nest
 from .errors import FormatError, IntegrityError, UsageError, VersionError
-from .hashing import sha256_hex, tagged
-from .filebytes import FetchedBytes, MappedBytes
-from .rangefile import RangeFile
-from .schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, Manifest, Metadata, Section
+from .container.hashing import sha256_hex, tagged
+from .container.filebytes import FetchedBytes, MappedBytes
+from .container.rangefile import RangeFile
+from .container.schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, Manifest, Metadata, Section
 from .tensormap import TensorMapping
-from .urls import local_path
-from .zipread import Member, read_directory
+from .container.urls import local_path
+from .container.zipread import Member, read_directory
 
 if TYPE_CHECKING:
     import torch

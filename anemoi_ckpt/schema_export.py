@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from .schema import FORMAT_VERSION, SCHEMAS
+from .container.schema import FORMAT_VERSION, SCHEMAS
 
 
 def schema_documents() -> dict[str, str]:

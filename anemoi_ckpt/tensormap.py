@@ -11,10 +11,11 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from . import dtypes, stformat
+from .container import dtypes
+from .container import stformat
 from .errors import FormatError, IntegrityError, VersionError
-from .schema import Section
-from .zipread import Member
+from .container.schema import Section
+from .container.zipread import Member
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +63,7 @@ class TensorMapping(Mapping[str, "torch.Tensor"]):
                 raise VersionError(self._ck.path, f"tensor {target!r}: dtype {e.dtype} is not "
                                    f"supported by torch {torch.__version__}", "upgrade torch",
                                    section=self.section.path)
-            from .tensorio import view_tensor  # torch is loaded on the first tensor, not at import
+            from .container.tensorio import view_tensor  # torch is loaded on the first tensor, not at import
 
             # A view of the private map (local), or of the fetched bytes (a URL).
             buf, offset = self._ck.buffer(self._offsets[target], e.nbytes)

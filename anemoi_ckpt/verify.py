@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import hashing
+from .container import hashing
 from .errors import AncError, one_line
 from .progress import Progress
 

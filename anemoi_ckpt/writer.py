@@ -13,16 +13,18 @@ from typing import Any
 
 import torch
 
-from . import __version__, hashing, sections as S
+from . import __version__
+from .container import hashing
+from .container import sections as S
 from .anemoi_meta import arrays_paths, iter_arrays
-from .atomic import atomic_output
-from .lineage_build import build_lineage, resolve_parents, utc_now
+from .container.atomic import atomic_output
+from .lineage.build import build_lineage, resolve_parents, utc_now
 from .progress import Progress
-from .schema import FORMAT_VERSION, Kind, Manifest, Metadata, Producer, Section
-from .dtypes import code_of
-from .tensorio import AliasTracker, flatten
-from .tensorsection import TensorSectionWriter, exact_reserve
-from .zipwrite import ZipWriter
+from .container.schema import FORMAT_VERSION, Kind, Manifest, Metadata, Producer, Section
+from .container.dtypes import code_of
+from .container.tensorio import AliasTracker, flatten
+from .container.tensorsection import TensorSectionWriter, exact_reserve
+from .container.zipwrite import ZipWriter
 
 _KINDS = ("training", "inference", "adapter", "delta")
 
@@ -67,7 +69,7 @@ class Writer:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
         self.path = os.fspath(path)
         self.kind = kind
-        from .download import check_remote_output
+        from .remote.download import check_remote_output
 
         check_remote_output(self.path)  # before anything: atomic_output would make "s3:/..." here
         self.uuid = str(uuidlib.uuid4())

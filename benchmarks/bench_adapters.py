@@ -31,25 +31,20 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import bench_container as bc  # noqa: E402  (quiet-machine, page-cache and RSS helpers)
-import bench_convert as bcv  # noqa: E402  (run_process: wall time, wait4 ru_maxrss, RSS sampler)
+import _harness as H  # noqa: E402
+from _harness import GB, MB, Measurement, tensor_bytes  # noqa: E402
 
 DEFAULT_WORKDIR = HERE / "out" / "adapters"
-MB = 1e6
-GB = 1e9
 RSS_ALLOWANCE = 300 * 10**6  # the target: merge peak RSS < largest tensor + 300 MB
 RANK, ALPHA = 16, 32
 
@@ -187,9 +182,9 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     n_lora = sum(1 for n, _ in pm.named_parameters() if "lora_A" in n)
     anemoi_ckpt.convert.convert(lora_dir, path(args, "lora"), base=path(args, "base"), progress=False)
     return {"tensors": len(sd), "parameters": sum(t.numel() for t in sd.values()),
-            "bytes": bc.tensor_bytes(sd), "largest_tensor": largest, "linears": len(lins),
-            "lora_modules": n_lora, "linear_bytes": sum(bc.tensor_bytes({n: sd[f"{n}.weight"]}) for n in lins),
-            "anemoi_ckpt": f"{anemoi_ckpt.__version__} from {Path(anemoi_ckpt.__file__).parent}",
+            "bytes": tensor_bytes(sd), "largest_tensor": largest, "linears": len(lins),
+            "lora_modules": n_lora, "linear_bytes": sum(tensor_bytes({n: sd[f"{n}.weight"]}) for n in lins),
+            "anemoi_ckpt": H.package_origin(),
             "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__,
                          "peft": peft.__version__}}
 
@@ -247,7 +242,7 @@ def merge_peft(args: argparse.Namespace, durable: bool) -> tuple[float, dict[str
         sd = merged.state_dict()
         phase("save_file", lambda: safetensors.torch.save_file(sd, str(dst)))
         if durable:
-            phase("fsync", lambda: bcv.fsync_path(dst))
+            phase("fsync", lambda: H.fsync_path(dst))
         return len(sd)
 
     seconds, n = profiled(args, run)
@@ -268,19 +263,8 @@ def split_run(args: argparse.Namespace, randomized: bool) -> tuple[float, dict[s
 
 
 def profiled(args: argparse.Namespace, run: Any) -> tuple[float, Any]:
-    """Time ``run``; under ``--profile`` also print its 20 most expensive functions (cumulative)."""
-    if not args.profile:
-        return bc.timed(run)
-    import cProfile
-    import io
-    import pstats
-
-    prof = cProfile.Profile()
-    seconds, value = bc.timed(lambda: prof.runcall(run))
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
-    print(f"--- cProfile of {args.child} ---\n{buf.getvalue()}", file=sys.stderr)
-    return seconds, value
+    """Time ``run``; under ``--profile`` also print its 20 most expensive functions."""
+    return H.profiled(run, args.profile, args.child, top=20)
 
 
 def check(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
@@ -324,71 +308,42 @@ CHILD_MODES = {
 
 
 def child_main(args: argparse.Namespace) -> None:
-    bcv.child_entry(args, CHILD_MODES, child_prepare, ("anemoi_ckpt.adapters", "peft"))
+    from bench_convert import CHILD_IMPORTS
+
+    H.child_main(args.child, {mode: partial(fn, args) for mode, fn in CHILD_MODES.items()},
+                 prepare=partial(child_prepare, args),
+                 imports=(*CHILD_IMPORTS, "anemoi_ckpt.adapters", "peft"))
 
 
 # --------------------------------------------------------------------------------------------
 # Parent
 # --------------------------------------------------------------------------------------------
 
+def child_flags(args: argparse.Namespace) -> list[str]:
+    return ["--workdir", str(args.workdir), "--size-gb", str(args.size_gb), "--seed", str(args.seed),
+            "--noise", str(args.noise)]
+
+
 def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--workdir", str(args.workdir),
-           "--size-gb", str(args.size_gb), "--seed", str(args.seed), "--noise", str(args.noise)]
-    if args.profile:
-        cmd.append("--profile")
-    _, stdout, mem = bcv.run_process(cmd)
-    sample = json.loads(stdout.strip().splitlines()[-1])
-    sample.update(mem)
-    return sample
-
-
-@dataclass
-class Measurement:
-    mode: str
-    label: str
-    samples: list[dict[str, Any]]
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(s["seconds"] for s in self.samples)
-
-    def median(self, key: str) -> float:
-        return statistics.median(s[key] for s in self.samples)
-
-    def extra(self, key: str) -> Any:
-        return self.samples[-1]["extra"][key]
+    return H.run_child(__file__, mode, child_flags(args) + (["--profile"] if args.profile else []),
+                       watch_memory=True)
 
 
 def measure(args: argparse.Namespace, mode: str, label: str, keep_output: bool = False,
             repeat: int | None = None) -> Measurement:
-    samples = []
-    repeat = args.repeat if repeat is None else repeat
-    for i in range(repeat):
-        bc.settle()
-        load = bc.wait_for_quiet(args)
-        sample = run_child(args, mode)
-        sample["background_cpu"] = load
-        output = sample["extra"].pop("output", None)
-        if output and not (keep_output and i == repeat - 1):
-            os.unlink(output)
-        samples.append(sample)
-    m = Measurement(mode, label, samples)
-    shown = ", ".join(f"{s['seconds']:.2f}" for s in samples)
-    print(f"  {label:<44} {m.seconds:8.2f} s  (samples: {shown}; background max "
-          f"{max(s['background_cpu'] for s in samples):.0%})", flush=True)
-    return m
+    return H.measure(mode, label, partial(run_child, args, mode), args.repeat if repeat is None else repeat,
+                     H.Quiet.of(args), keep_last_output=keep_output)
 
 
 def print_table(results: dict[str, Measurement], rows: list[str], yard: str, title: str) -> None:
     ys = results[yard].seconds
-    head = (f"{title:<44} {'median s':>9} {'vs ' + yard:>12} {'peak RSS MB':>12} {'+RSS MB':>8} "
-            f"{'anon MB':>8} {'file MB':>8}")
-    print("\n" + head + "\n" + "-" * len(head))
-    for k in rows:
-        m = results[k]
-        print(f"{m.label:<44} {m.seconds:9.2f} {m.seconds / ys:11.2f}x {m.median('peak_rss') / MB:12.0f} "
-              f"{statistics.median(s['peak_rss'] - s['rss_post_import'] for s in m.samples) / MB:8.0f} "
-              f"{m.median('peak_anon_sampled') / MB:8.0f} {m.median('peak_file_sampled') / MB:8.0f}")
+    C = H.Column
+    H.print_table([C(title, 44), C("median s", 9, ".2f"), C("vs " + yard, 12, ".2f", "x"),
+                   C("peak RSS MB", 12, ".0f"), C("+RSS MB", 8, ".0f"), C("anon MB", 8, ".0f"),
+                   C("file MB", 8, ".0f")],
+                  [[m.label, m.seconds, H.ratio(m.seconds, ys), m.median("peak_rss") / MB, m.rss_increase / MB,
+                    m.median("peak_anon_sampled") / MB, m.median("peak_file_sampled") / MB]
+                   for m in (results[k] for k in rows)])
 
 
 def check_targets(results: dict[str, Measurement], largest: int, ok_check: bool) -> list[dict[str, Any]]:
@@ -396,38 +351,29 @@ def check_targets(results: dict[str, Measurement], largest: int, ok_check: bool)
     limit_mb = (largest + RSS_ALLOWANCE) / MB
     mg = results["merge"]
     rand_err, exact_err = results["split"].extra("rel_error"), results["split-exact"].extra("rel_error")
-    # (label, value, limit, higher is better, unit)
-    rows = [
-        ("merge <= 1.5x plain copy (both durable)", r["merge"] / r["copy"], 1.5, False, "x"),
-        ("  same, neither durable", r["merge-nofsync"] / r["copy-nofsync"], 1.5, False, "x"),
-        ("merge >= 2x faster than PEFT (merge durable, PEFT not)", r["peft"] / r["merge"], 2.0, True, "x"),
-        ("  same, both durable (PEFT + fsync)", r["peft-fsync"] / r["merge"], 2.0, True, "x"),
-        ("  same, neither durable (merge durable=False)", r["peft"] / r["merge-nofsync"], 2.0, True, "x"),
-        ("merge peak RSS < largest tensor + 300 MB", mg.median("peak_rss") / MB, limit_mb, False, " MB"),
-        ("  (informative) anonymous peak < largest + 300 MB", mg.median("peak_anon_sampled") / MB,
-         limit_mb, False, " MB"),
-        ("split: randomized SVD faster than full SVD", r["split-exact"] / r["split"], 1.0, True, "x"),
-        ("  at equal error bound (randomized rel. error <= 1.01x full)", rand_err / exact_err, 1.01, False, "x"),
-        ("merged weights == PEFT merge_and_unload (1e-5 relative)", float(ok_check), 1.0, True, ""),
-    ]
-    out = []
-    for label, value, limit, higher, unit in rows:
-        ok = value >= limit if higher else value <= limit
-        out.append({"target": label, "value": round(value, 4), "limit": round(limit, 4), "pass": ok})
-        print(f"  {'PASS' if ok else 'FAIL'}  {label:<62} measured {value:.2f}{unit} (limit {limit:.2f}{unit})")
-    return out
+    T = H.Target
+    return H.check_targets([
+        T("merge <= 1.5x plain copy (both durable)", r["merge"] / r["copy"], 1.5),
+        T("  same, neither durable", r["merge-nofsync"] / r["copy-nofsync"], 1.5),
+        T("merge >= 2x faster than PEFT (merge durable, PEFT not)", r["peft"] / r["merge"], 2.0, True),
+        T("  same, both durable (PEFT + fsync)", r["peft-fsync"] / r["merge"], 2.0, True),
+        T("  same, neither durable (merge durable=False)", r["peft"] / r["merge-nofsync"], 2.0, True),
+        T("merge peak RSS < largest tensor + 300 MB", mg.median("peak_rss") / MB, limit_mb, unit="MB"),
+        T("  (informative) anonymous peak < largest + 300 MB", mg.median("peak_anon_sampled") / MB,
+          limit_mb, unit="MB"),
+        T("split: randomized SVD faster than full SVD", r["split-exact"] / r["split"], 1.0, True),
+        T("  at equal error bound (randomized rel. error <= 1.01x full)", rand_err / exact_err, 1.01),
+        T("merged weights == PEFT merge_and_unload (1e-5 relative)", float(ok_check), 1.0, True, unit=""),
+    ], width=62)
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"anemoi-ckpt adapter benchmark: --size-gb {args.size_gb}, --repeat {args.repeat}, "
-          f"workdir {args.workdir}")
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    H.print_header(f"anemoi-ckpt adapter benchmark: --size-gb {args.size_gb}, --repeat {args.repeat}, "
+                   f"workdir {args.workdir}")
     print("\nwriting the base, the PEFT adapter, its .anc and the fine-tune (once, not measured) ...", flush=True)
-    prep_s, stdout, _ = bcv.run_process([sys.executable, str(Path(__file__).resolve()), "--child", "prepare",
-                                         "--workdir", str(args.workdir), "--size-gb", str(args.size_gb),
-                                         "--seed", str(args.seed), "--noise", str(args.noise)])
-    prep = json.loads(stdout.strip().splitlines()[-1])
+    res = H.run_process([sys.executable, str(Path(__file__).resolve()), "--child", "prepare", *child_flags(args)])
+    prep, prep_s = res.last_json(), res.seconds
     prep["seconds"] = prep_s
     print(f"  imported anemoi_ckpt {prep['anemoi_ckpt']}; " +
           ", ".join(f"{k} {v}" for k, v in prep["versions"].items()))
@@ -437,10 +383,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
           f"{prep['largest_tensor'] / MB:.1f} MB; prepared in {prep_s:.0f} s")
     files = [path(args, k) for k in ("base", "base_st", "lora", "ft")]
     files += sorted(p for p in path(args, "lora_dir").iterdir() if p.is_file())
-    bc.settle()
+    H.settle()
     for p in files:
-        bc.evict(str(p))
-    warmed = bc.warm_page_cache(files)
+        H.evict(p)
+    warmed = H.warm_page_cache(files)
     print(f"page cache warmed: inputs synced, evicted and read once ({warmed / GB:.2f} GB)")
 
     results: dict[str, Measurement] = {}
@@ -485,53 +431,31 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print(f"\ntargets (largest tensor {prep['largest_tensor'] / MB:.1f} MB; plain copy = anemoi_ckpt.open + "
           f"anemoi_ckpt.save(ck.state_dict()))")
     targets = check_targets(results, prep["largest_tensor"], chk["pass"])
-    busiest = max(s["background_cpu"] for m in results.values() for s in m.samples)
-    print(f"\nbackground CPU load before measurements: max {busiest:.0%} of the machine"
-          + ("  WARNING: something else was running; timings are unreliable, rerun on a quiet machine"
-             if busiest > args.max_background else " (quiet)"))
+    print(H.background_line((s["background_cpu"] for m in results.values() for s in m.samples),
+                            args.max_background))
     return {"config": {"size_gb": args.size_gb, "repeat": args.repeat, "seed": args.seed, "noise": args.noise,
-                       "cpus": os.cpu_count(), "platform": platform.platform(),
-                       "python": platform.python_version()},
+                       **H.environment()},
             "prepare": prep, "check": chk,
-            "results": {k: {"label": m.label, "median_seconds": m.seconds, "samples": m.samples}
-                        for k, m in results.items()},
+            "results": {k: m.to_json() for k, m in results.items()},
             "targets": targets}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-gb", type=float, default=1.0, help="size of the base model in fp32 (default 1.0)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept (default 3)")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                   help=f"folder for inputs and outputs (default {DEFAULT_WORKDIR})")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write every sample and result here")
-    p.add_argument("--max-background", type=float, default=0.1, metavar="FRACTION",
-                   help="before each run, wait until other processes use less than this fraction "
-                        "of the CPUs (default 0.1)")
-    p.add_argument("--quiet-timeout", type=float, default=120.0, metavar="S",
-                   help="longest wait for a quiet machine before running anyway (default 120)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model, adapter and fine-tune (default 0)")
+    H.add_common_args(p, size_gb=1.0, size_help="size of the base model in fp32", workdir=DEFAULT_WORKDIR,
+                      profile_help="every timed operation")
     p.add_argument("--noise", type=float, default=1e-4,
                    help="std of the dense noise added to the fine-tune's linear weights (default 1e-4)")
     p.add_argument("--exact-repeat", type=int, default=1,
                    help="runs of the slow full-SVD split (default 1; its time is minutes at 1 GB)")
-    p.add_argument("--profile", action="store_true",
-                   help="run every timed operation under cProfile and print its top functions (slower)")
-    p.add_argument("--keep", action="store_true", help="keep the inputs afterwards")
-    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one measurement, print JSON
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.workdir = args.workdir.resolve()
-    if args.child:
-        child_main(args)
-        return
-    try:
-        out = run_benchmark(args)
-    finally:
+
+    def cleanup() -> None:
         for mode in CHILD_MODES:
             for suffix in (".anc", ".safetensors"):
                 out_path(args, mode + suffix).unlink(missing_ok=True)
@@ -542,9 +466,8 @@ def main(argv: list[str] | None = None) -> None:
             with_contents = list(args.workdir.iterdir()) if args.workdir.exists() else []
             if not with_contents:
                 args.workdir.rmdir()
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"\nresults written to {args.json}")
+
+    H.main_flow(args, lambda: child_main(args), lambda: run_benchmark(args), cleanup)
 
 
 if __name__ == "__main__":

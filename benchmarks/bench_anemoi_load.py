@@ -39,24 +39,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _harness as H  # noqa: E402
+from _harness import MB  # noqa: E402
+
 REPO = HERE.parent
 FIXTURE = REPO / "fixtures" / "legacy" / "anemoi" / "graphtransformer" / "last.ckpt"
-MB = 1e6
-
-
-def rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
 
 # ---------------------------------------------------------------------------------------- setup
 def aifs_config(md: dict[str, Any], channels: int, layers: int, heads: int) -> dict[str, Any]:
@@ -145,16 +140,14 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------- child
-def child(mode: str, path: str, seed: int) -> None:
+def load_and_read(mode: str, path: str) -> tuple[float, dict[str, Any]]:
+    """Time to a ready model, then to every byte of it read once; run after the imports."""
     import warnings
 
-    import anemoi.models.interface  # noqa: F401  (both sides pay the same imports before timing)
     import torch
 
     from anemoi_ckpt.anemoi import load_model
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    base = rss_now()
     t0 = time.perf_counter()
     if mode == "pickle":
         with warnings.catch_warnings():
@@ -170,27 +163,21 @@ def child(mode: str, path: str, seed: int) -> None:
         checksum = sum(float(t.double().sum()) for t in model.state_dict().values())
         checksum += sum(float(b.double().sum()) for b in model.buffers())
     t2 = time.perf_counter()
-    print(json.dumps({"ready_s": t1 - t0, "first_step_s": t2 - t0, "base_rss": base,
-                      "checksum": checksum}))
+    return t1 - t0, {"first_step_s": t2 - t0, "checksum": checksum}
+
+
+def child(mode: str, path: str) -> None:
+    # both sides pay the same imports before timing
+    H.child_main(mode, {mode: lambda: load_and_read(mode, path)},
+                 imports=["anemoi.models.interface", "anemoi_ckpt.anemoi"])
 
 
 def run_child(mode: str, path: Path, seed: int, cold: bool) -> dict[str, Any]:
     if cold:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--path", str(path),
-                             "--seed", str(seed)], stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} child failed ({proc.returncode})")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss"] = usage.ru_maxrss * 1024
-    return result
+        H.evict(path)
+    r = H.run_child(__file__, mode, ["--path", str(path), "--seed", str(seed)])
+    return {"ready_s": r["seconds"], "first_step_s": r["extra"]["first_step_s"], "base_rss": r["rss_post_import"],
+            "checksum": r["extra"]["checksum"], "peak_rss": r["peak_rss"]}
 
 
 def main() -> None:
@@ -208,20 +195,17 @@ def main() -> None:
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.path, args.seed)
+        return child(args.child, args.path)
 
     import anemoi.models
     import torch
 
-    import anemoi_ckpt
-
-    print(f"anemoi_ckpt {anemoi_ckpt.__version__} from {Path(anemoi_ckpt.__file__).parent}; "
+    print(f"anemoi_ckpt {H.package_origin()}; "
           f"anemoi-models {anemoi.models.__version__}; torch {torch.__version__}; "
           f"{os.cpu_count()} CPUs", flush=True)
-    t = time.perf_counter()
-    pickle_path, anc_path, info = prepare(args)
+    setup_s, (pickle_path, anc_path, info) = H.timed(lambda: prepare(args))
     print(f"model: {info['parameters'] / 1e6:.1f} M parameters; pickle {info['pickle_bytes'] / MB:.0f} MB, "
-          f".anc {info['anc_bytes'] / MB:.0f} MB (setup {time.perf_counter() - t:.0f} s)", flush=True)
+          f".anc {info['anc_bytes'] / MB:.0f} MB (setup {setup_s:.0f} s)", flush=True)
 
     paths = {"pickle": pickle_path, "anc": anc_path}
     samples: dict[str, list[dict[str, Any]]] = {}
@@ -246,12 +230,11 @@ def main() -> None:
     print()
     for cache in ("warm", "cold"):
         a, p = med[f"anc/{cache}"], med[f"pickle/{cache}"]
-        print(f"{cache}: ready {a['ready_s'] / p['ready_s']:.2f}x torch.load, "
-              f"ready+read all {a['first_step_s'] / p['first_step_s']:.2f}x, "
-              f"peak RSS {a['peak_rss'] / p['peak_rss']:.2f}x "
+        print(f"{cache}: ready {H.ratio(a['ready_s'], p['ready_s']):.2f}x torch.load, "
+              f"ready+read all {H.ratio(a['first_step_s'], p['first_step_s']):.2f}x, "
+              f"peak RSS {H.ratio(a['peak_rss'], p['peak_rss']):.2f}x "
               f"(+RSS {(a['peak_rss'] - a['base_rss']) / max(1, p['peak_rss'] - p['base_rss']):.2f}x)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "samples": samples, "medians": med}, indent=1))
+    H.write_json({"info": info, "samples": samples, "medians": med}, args.json)
 
 
 if __name__ == "__main__":

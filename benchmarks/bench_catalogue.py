@@ -29,11 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import resource
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -43,13 +40,16 @@ from typing import Any
 
 from click.testing import CliRunner
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
 import anemoi_ckpt
 from anemoi_ckpt import catalogue as cat
 from anemoi_ckpt.catalogue.register import Entry
 from anemoi_ckpt.cli import catalogue_cmds  # noqa: F401 - registers the commands
 from anemoi_ckpt.cli.main import cli
-from anemoi_ckpt.lineage_view import RENDERERS
-from anemoi_ckpt.schema import Lineage, LineageRecord, ParentRef, Tool
+from anemoi_ckpt.lineage.view import RENDERERS
+from anemoi_ckpt.container.schema import Lineage, LineageRecord, ParentRef, Tool
 
 TARGET_S = 0.100
 CHAIN = 50
@@ -171,16 +171,6 @@ def naive_lineage(db: Path, uuid: str) -> Lineage:
 # Measuring
 # --------------------------------------------------------------------------------------------
 
-def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    result = fn()  # warm-up: imports, page cache, pydantic's validators
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples), result
-
-
 def cli_call(args: list[str]) -> Callable[[], str]:
     runner = CliRunner()
 
@@ -193,10 +183,8 @@ def cli_call(args: list[str]) -> Callable[[], str]:
 
 
 def run_benchmark(args: argparse.Namespace, db: Path) -> dict[str, Any]:
-    print(f"anemoi-ckpt catalogue benchmark: --entries {args.entries}, --repeat {args.repeat}")
-    print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, "
-          f"{platform.platform()}; anemoi_ckpt {anemoi_ckpt.__version__} from "
-          f"{Path(anemoi_ckpt.__file__).parent}")
+    H.print_header(f"anemoi-ckpt catalogue benchmark: --entries {args.entries}, --repeat {args.repeat}")
+    print(f"SQLite {sqlite3.sqlite_version}; anemoi_ckpt {H.package_origin()}")
     print("\nbuilding the catalogue (register_records, one transaction per entry) ...", flush=True)
     info = build(db, args.entries, args.seed)
     tip, tip_record = info.pop("chain_tip"), info.pop("tip_record")
@@ -223,7 +211,7 @@ def run_benchmark(args: argparse.Namespace, db: Path) -> dict[str, Any]:
     print(f"\n  {'operation':<40} {'median ms':>10} {'result':>8}  < {TARGET_S * 1000:.0f} ms")
     out: dict[str, Any] = {}
     for key, label, fn, target in rows:
-        seconds, result = median_time(fn, args.repeat)
+        seconds, result = H.median_time(fn, args.repeat)
         size = len(result.records) if isinstance(result, Lineage) else \
             len(result.splitlines()) if isinstance(result, str) else len(result)
         verdict = ("PASS" if seconds < TARGET_S else "FAIL") if target else "-"
@@ -239,15 +227,14 @@ def run_benchmark(args: argparse.Namespace, db: Path) -> dict[str, Any]:
         r = out[key]
         print(f"  {'PASS' if r['pass'] else 'FAIL'}  {r['label']:<40} {r['median_seconds'] * 1000:7.2f} ms")
     for ours, peer in (("list-api", "list-naive"), ("lineage-uuid", "lineage-naive")):
-        ratio = out[peer]["median_seconds"] / out[ours]["median_seconds"]
+        ratio = H.ratio(out[peer]["median_seconds"], out[ours]["median_seconds"])
         print(f"  {out[peer]['label']:<46} {out[peer]['median_seconds'] * 1000:7.2f} ms: "
               f"{ratio:.1f}x the catalogue's time")
     print(f"  same answers as the naive scan: list {same_list}, lineage {same_lineage}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = H.peak_rss()
     print(f"\npeak RSS of this process (building included): {peak / 1e6:.0f} MB")
     return {"config": {"entries": args.entries, "repeat": args.repeat, "seed": args.seed,
-                       "cpus": os.cpu_count(), "platform": platform.platform(),
-                       "python": platform.python_version(), "sqlite": sqlite3.sqlite_version},
+                       **H.environment(), "sqlite": sqlite3.sqlite_version},
             "build": info, "rows": out, "same_answers": {"list": same_list, "lineage": same_lineage},
             "peak_rss_bytes": peak}
 
@@ -270,9 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         out = run_benchmark(args, Path(tmp) / "catalogue.db")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"\nresults written to {args.json}")
+    H.write_json(out, args.json)
     ok = all(r["pass"] is not False for r in out["rows"].values())
     sys.exit(0 if ok else 1)
 

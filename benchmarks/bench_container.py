@@ -17,30 +17,26 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import mmap
 import os
-import platform
-import resource
 import shutil
 import statistics
 import struct
-import subprocess
 import sys
 import time
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _harness as H  # noqa: E402
+from _harness import GB, MB, PAGE, Measurement, tensor_bytes, timed  # noqa: E402
+
 DEFAULT_WORKDIR = HERE / "out"
-PAGE = 4096
-MB = 1e6
-GB = 1e9
 
 # The reference files every load / inspect / verify measurement reads.
 FILES = {"anc": "model.anc", "safetensors": "model.safetensors", "pt": "model.pt"}
@@ -97,10 +93,6 @@ def make_state_dict(size_gb: float, seed: int) -> dict[str, Any]:
     return out
 
 
-def tensor_bytes(tensors: Mapping[str, Any]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
 def touch(tensors: Mapping[str, Any], mode: str) -> float:
     """Force every tensor's memory to be really present, the same way for every method.
 
@@ -115,42 +107,6 @@ def touch(tensors: Mapping[str, Any], mode: str) -> float:
         else:
             total += float(t.reshape(-1)[:: max(1, PAGE // t.element_size())].sum())
     return total
-
-
-# --------------------------------------------------------------------------------------------
-# Memory accounting inside a child
-# --------------------------------------------------------------------------------------------
-
-def proc_status() -> dict[str, int]:
-    """VmRSS / VmHWM / RssAnon / RssFile of this process, in bytes (Linux)."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-def peak_rss() -> int:
-    """Peak RSS of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-@dataclass
-class ChildResult:
-    seconds: float
-    peak_rss: int  # ru_maxrss over the child's whole life
-    rss_post_import: int  # VmRSS right after the imports, before anything was created
-    rss_anon_end: int  # anonymous (heap) memory at the end of the timed region
-    rss_file_end: int  # file-backed (page cache mapped) memory at the end of the timed region
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - t0, value
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +141,7 @@ def child_prepare(ctx: Ctx) -> dict[str, Any]:
         "pt": timed(lambda: torch.save(sd, ctx.file("pt")))[0],
     }
     return {"write_seconds": times, "tensors": len(sd), "bytes": tensor_bytes(sd),
-            "anemoi_ckpt": f"{anemoi_ckpt.__version__} from {Path(anemoi_ckpt.__file__).parent}",
+            "anemoi_ckpt": H.package_origin(),
             "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__},
             "parameters": sum(t.numel() for t in sd.values())}
 
@@ -250,7 +206,7 @@ def _save(ctx: Ctx, writer: Callable[[dict[str, Any], str], Any], suffix: str) -
     """Tensors are created before the clock starts; only the write is timed. The output goes to
     the work folder (the parent deletes it and syncs the disk between runs)."""
     sd = make_state_dict(ctx.size_gb, ctx.seed)
-    before = proc_status()["VmRSS"]
+    before = H.rss_now()
     out = str(ctx.workdir / f"save-output{suffix}")
     seconds, _ = timed(lambda: writer(sd, out))
     ctx.keep.append(sd)
@@ -283,11 +239,7 @@ def save_safetensors_fsync(ctx: Ctx) -> tuple[float, dict[str, Any]]:
 
     def write(sd: dict[str, Any], p: str) -> None:
         safetensors.torch.save_file(sd, p)
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        H.fsync_path(p)
 
     return _save(ctx, write, ".safetensors")
 
@@ -356,44 +308,6 @@ def weights_payload_range(path: str) -> tuple[int, int]:
     return data + 8 + header_len, data + info.file_size
 
 
-def resident_bytes(path: str, begin: int, end: int) -> int:
-    """Bytes of ``path`` in [begin, end) that are in the page cache, via mincore(2)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    import numpy as np
-
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view = np.frombuffer(mm, dtype=np.uint8)
-        first, last = begin // PAGE, (end + PAGE - 1) // PAGE
-        vec = (ctypes.c_ubyte * (last - first))()
-        if libc.mincore(ctypes.c_void_p(view.ctypes.data + first * PAGE),
-                        ctypes.c_size_t((last - first) * PAGE), vec) != 0:
-            raise OSError(ctypes.get_errno(), "mincore failed")
-        del view
-    return sum(v & 1 for v in vec) * PAGE
-
-
-def evict(path: str) -> None:
-    """Drop a (clean, unmapped) file from the page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def read_ahead_bytes(path: str) -> int | None:
-    """The kernel's read-ahead window for the device holding ``path`` (None if unknown)."""
-    st = os.stat(path)
-    base = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
-    for candidate in (base / "queue/read_ahead_kb", base / "../queue/read_ahead_kb"):
-        try:
-            return int(candidate.read_text()) * 1024
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def payload_residency(path: str, begin: int, end: int, edge: int) -> dict[str, int]:
     """Resident payload bytes, split into the ``edge`` bytes at either end and the interior.
 
@@ -403,9 +317,9 @@ def payload_residency(path: str, begin: int, end: int, edge: int) -> dict[str, i
     ``edge`` (4 x the device's read-ahead) bounds that; the interior is out of its reach.
     """
     time.sleep(0.5)  # read-ahead I/O is asynchronous: let it land before counting
-    total = resident_bytes(path, begin, end)
+    total = H.resident_bytes(path, begin, end)
     lo, hi = min(end, begin + edge), max(begin, end - edge)
-    interior = resident_bytes(path, lo, hi) if hi > lo else 0
+    interior = H.resident_bytes(path, lo, hi)
     return {"total": total, "interior": interior, "edges": total - interior}
 
 
@@ -421,9 +335,9 @@ def inspect_residency(ctx: Ctx) -> tuple[float, dict[str, Any]]:
 
     path = ctx.file("anc")
     begin, end = weights_payload_range(path)
-    ra = read_ahead_bytes(path)
+    ra = H.read_ahead_bytes(path)
     edge = 4 * (ra if ra is not None else 8 << 20)
-    evict(path)
+    H.evict(path)
     before = payload_residency(path, begin, end, edge)
     with anemoi_ckpt.open(path) as ck:
         seconds, _ = timed(lambda: json.dumps(summarize(ck)))
@@ -460,187 +374,84 @@ CHILD_MODES: dict[str, Callable[[Ctx], tuple[float, dict[str, Any]]]] = {
 
 
 def child_main(args: argparse.Namespace) -> None:
-    # Import everything any mode needs first, so the post-import RSS is the same baseline for all.
-    import anemoi_ckpt  # noqa: F401
-    import anemoi_ckpt.summary  # noqa: F401
-    import numpy  # noqa: F401
-
-    with contextlib.suppress(ImportError):
-        # anemoi_ckpt imports its torch-facing module on the first tensor access (so that
-        # inspect/verify start fast); that is import time too, which no row should include.
-        import anemoi_ckpt.tensorio  # noqa: F401
-    import safetensors.torch  # noqa: F401
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    ctx = Ctx(args)
-    if args.child == "prepare":
-        print(json.dumps(child_prepare(ctx)))
-        return
-    post_import = proc_status()["VmRSS"]
-    seconds, extra = CHILD_MODES[args.child](ctx)
-    status = proc_status()  # read while the results are still alive (ctx.keep)
-    result = ChildResult(seconds, peak_rss(), post_import, status["RssAnon"], status["RssFile"], extra)
-    print(json.dumps(asdict(result)))
+    ctx = Ctx(args)  # holds every mode's results until the child's memory has been read
+    # Everything any mode needs is imported first, so the post-import RSS is the same baseline for
+    # all. anemoi_ckpt imports its torch-facing module on the first tensor access (so that
+    # inspect/verify start fast); that is import time too, which no row should include.
+    H.child_main(args.child, {mode: partial(fn, ctx) for mode, fn in CHILD_MODES.items()},
+                 prepare=lambda: child_prepare(ctx),
+                 imports=["anemoi_ckpt", "anemoi_ckpt.summary", "numpy",
+                          ("anemoi_ckpt.container.tensorio", "anemoi_ckpt.container.tensorio"), "safetensors.torch"])
 
 
 # --------------------------------------------------------------------------------------------
 # Parent: orchestration
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class Measurement:
-    mode: str
-    label: str
-    group: str  # "load", "save" or "integrity"
-    samples: list[dict[str, Any]]
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(s["seconds"] for s in self.samples)
-
-    def median(self, key: str) -> float:
-        return statistics.median(s[key] for s in self.samples)
-
-    @property
-    def rss_increase(self) -> float:
-        return statistics.median(s["peak_rss"] - s["rss_post_import"] for s in self.samples)
-
-
 def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--workdir", str(args.workdir),
-           "--size-gb", str(args.size_gb), "--seed", str(args.seed), "--touch", args.touch]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {mode} failed ({proc.returncode}):\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def background_cpu(interval: float = 0.3) -> float:
-    """Fraction of all CPUs busy while this (idle) parent waits: other processes' load. The
-    machine has few cores, so anything else running (tests, builds) skews the timings."""
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields[:8]) - idle, sum(fields[:8])
-
-    busy0, total0 = sample()
-    time.sleep(interval)
-    busy1, total1 = sample()
-    return (busy1 - busy0) / max(1, total1 - total0)
-
-
-def wait_for_quiet(args: argparse.Namespace) -> float:
-    """Wait (up to --quiet-timeout s) until other processes use under --max-background of the
-    CPUs; returns the load last seen, which is recorded with the sample either way."""
-    deadline = time.monotonic() + args.quiet_timeout
-    while True:
-        load = background_cpu()
-        if load <= args.max_background or time.monotonic() > deadline:
-            return load
-        time.sleep(1.0)
-
-
-def settle() -> None:
-    """Flush dirty pages left by earlier writes, so one measurement's write-back does not land
-    in the next measurement's time. Not timed."""
-    os.sync()
+    # No memory sampling thread here: the loads take milliseconds, and the children report their
+    # memory split themselves (RssAnon / RssFile at the end of the timed region).
+    return H.run_child(__file__, mode, ["--workdir", str(args.workdir), "--size-gb", str(args.size_gb),
+                                        "--seed", str(args.seed), "--touch", args.touch])
 
 
 def measure(args: argparse.Namespace, mode: str, label: str, group: str) -> Measurement:
-    samples = []
-    for _ in range(args.repeat):
-        settle()
-        load = wait_for_quiet(args)
-        sample = run_child(args, mode)
-        sample["background_cpu"] = load
-        output = sample["extra"].pop("output", None)
-        if output:
-            os.unlink(output)
-        samples.append(sample)
-    m = Measurement(mode, label, group, samples)
-    shown = ", ".join(f"{s['seconds']:.3f}" for s in samples)
-    print(f"  {label:<40} {m.seconds:8.3f} s  (samples: {shown})", flush=True)
-    return m
+    return H.measure(mode, label, lambda: run_child(args, mode), args.repeat, H.Quiet.of(args),
+                     group=group, digits=3, width=40)
 
 
 def time_command(args: argparse.Namespace, cmd: list[str], label: str) -> Measurement:
     """Wall time of an external command (start-up included), median of --repeat runs."""
-    samples = []
-    for _ in range(args.repeat):
-        settle()
-        load = wait_for_quiet(args)
-        seconds, proc = timed(lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr!r}")
-        samples.append({"seconds": seconds, "peak_rss": 0, "rss_post_import": 0, "background_cpu": load})
-    m = Measurement(" ".join(cmd), label, "integrity", samples)
-    print(f"  {label:<40} {m.seconds:8.3f} s", flush=True)
-    return m
+    def run_one() -> dict[str, Any]:
+        res = H.run_process(cmd)
+        return {"seconds": res.seconds, "peak_rss": res.peak_rss, "rss_post_import": 0}
 
-
-def warm_page_cache(paths: list[Path]) -> int:
-    """Read every file once so all methods start from the same, warm page cache."""
-    total = 0
-    for p in paths:
-        with open(p, "rb", buffering=0) as fh:
-            while chunk := fh.read(16 << 20):
-                total += len(chunk)
-    return total
+    return H.measure(" ".join(cmd), label, run_one, args.repeat, H.Quiet.of(args), group="integrity",
+                     digits=3, width=40)
 
 
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 
-def ratio(a: float, b: float | None) -> str:
-    return f"{a / b:.2f}x" if b else "-"
-
-
 def print_table(results: dict[str, Measurement], file_bytes: int) -> None:
     st_load, pt_load = results["load-safetensors"].seconds, results["load-torch"].seconds
     st_save, pt_save = results["save-safetensors"].seconds, results["save-torch"].seconds
-    head = (f"{'method':<40} {'median s':>9} {'vs safetensors':>15} {'vs torch':>9} "
-            f"{'peak RSS MB':>12} {'+RSS MB':>8} {'anon MB':>8} {'file MB':>8}")
-    print("\n" + head + "\n" + "-" * len(head))
+    C = H.Column
+    rows = []
     for m in results.values():
         if m.group == "integrity":
             continue
         st, pt = (st_load, pt_load) if m.group == "load" else (st_save, pt_save)
-        print(f"{m.label:<40} {m.seconds:9.3f} {ratio(m.seconds, st):>15} {ratio(m.seconds, pt):>9} "
-              f"{m.median('peak_rss') / MB:12.0f} {m.rss_increase / MB:8.0f} "
-              f"{m.median('rss_anon_end') / MB:8.0f} {m.median('rss_file_end') / MB:8.0f}")
+        rows.append([m.label, m.seconds, H.ratio(m.seconds, st), H.ratio(m.seconds, pt),
+                     m.median("peak_rss") / MB, m.rss_increase / MB, m.median("rss_anon_end") / MB,
+                     m.median("rss_file_end") / MB])
+    H.print_table([C("method", 40), C("median s", 9, ".3f"), C("vs safetensors", 15, ".2f", "x"),
+                   C("vs torch", 9, ".2f", "x"), C("peak RSS MB", 12, ".0f"), C("+RSS MB", 8, ".0f"),
+                   C("anon MB", 8, ".0f"), C("file MB", 8, ".0f")], rows)
     sha = results["sha256sum"].seconds
-    head = f"{'integrity / metadata':<40} {'median s':>9} {'GB/s':>8} {'vs sha256sum':>13}"
-    print("\n" + head + "\n" + "-" * len(head))
-    for m in results.values():
-        if m.group == "integrity":
-            print(f"{m.label:<40} {m.seconds:9.3f} {file_bytes / GB / m.seconds:8.2f} "
-                  f"{ratio(sha, m.seconds):>13}")
-    print("(vs sha256sum = throughput relative to sha256sum; > 1 is faster)")
+    H.print_table([C("integrity / metadata", 40), C("median s", 9, ".3f"), C("GB/s", 8, ".2f"),
+                   C("vs sha256sum", 13, ".2f", "x")],
+                  [[m.label, m.seconds, file_bytes / GB / m.seconds, H.ratio(sha, m.seconds)]
+                   for m in results.values() if m.group == "integrity"],
+                  note="(vs sha256sum = throughput relative to sha256sum; > 1 is faster)")
 
 
 def check_targets(results: dict[str, Measurement]) -> list[dict[str, Any]]:
-    """The issue's targets. Each row: (label, measured value, limit, True if higher is better)."""
+    """The issue's targets."""
     r = {k: m.seconds for k, m in results.items()}
     save = results["save-anc"]
     tensors = statistics.median(s["extra"]["tensor_bytes"] for s in save.samples)
-    rows = [
-        (".anc full load <= 1.1x safetensors.load_file", r["load-anc"] / r["load-safetensors"], 1.1, False),
-        (".anc lazy 10% < 0.2x .anc full load", r["load-anc-lazy"] / r["load-anc"], 0.2, False),
-        ("anemoi_ckpt.save <= 1.2x safetensors.save_file", r["save-anc"] / r["save-safetensors"], 1.2, False),
-        ("  same, both durable (fsync)", r["save-anc"] / r["save-safetensors-fsync"], 1.2, False),
-        ("  same, neither durable (durable=False)", r["save-anc-nofsync"] / r["save-safetensors"], 1.2, False),
-        ("save peak RSS increase <= 1.1x tensor bytes", save.rss_increase / tensors, 1.1, False),
-        ("verify throughput >= 0.8x sha256sum", r["sha256sum"] / r["verify"], 0.8, True),
-    ]
-    out = []
-    for label, value, limit, higher_is_better in rows:
-        ok = value >= limit if higher_is_better else value <= limit
-        out.append({"target": label, "value": round(value, 3), "limit": limit, "pass": ok})
-        print(f"  {'PASS' if ok else 'FAIL'}  {label:<50} measured {value:.2f}x")
-    return out
+    T = H.Target
+    return H.check_targets([
+        T(".anc full load <= 1.1x safetensors.load_file", r["load-anc"] / r["load-safetensors"], 1.1),
+        T(".anc lazy 10% < 0.2x .anc full load", r["load-anc-lazy"] / r["load-anc"], 0.2),
+        T("anemoi_ckpt.save <= 1.2x safetensors.save_file", r["save-anc"] / r["save-safetensors"], 1.2),
+        T("  same, both durable (fsync)", r["save-anc"] / r["save-safetensors-fsync"], 1.2),
+        T("  same, neither durable (durable=False)", r["save-anc-nofsync"] / r["save-safetensors"], 1.2),
+        T("save peak RSS increase <= 1.1x tensor bytes", save.rss_increase / tensors, 1.1),
+        T("verify throughput >= 0.8x sha256sum", r["sha256sum"] / r["verify"], 0.8, higher_is_better=True),
+    ], width=50)
 
 
 def report_residency(res: dict[str, Any]) -> bool:
@@ -690,9 +501,8 @@ INTEGRITY = [
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"anemoi-ckpt container benchmark: --size-gb {args.size_gb}, --repeat {args.repeat}, "
-          f"--touch {args.touch}, workdir {args.workdir}")
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    H.print_header(f"anemoi-ckpt container benchmark: --size-gb {args.size_gb}, --repeat {args.repeat}, "
+                   f"--touch {args.touch}, workdir {args.workdir}")
     print("\nwriting the reference files (once, not measured) ...", flush=True)
     prep = run_child(args, "prepare")
     paths = [args.workdir / f for f in FILES.values()]
@@ -703,10 +513,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
           ", ".join(f"{p.name} {p.stat().st_size / GB:.3f} GB" for p in paths))
     # Written, synced, evicted, then read once: every file enters the page cache the same way,
     # whatever its writer's write sizes were.
-    settle()
+    H.settle()
     for p in paths:
-        evict(str(p))
-    warmed = warm_page_cache(paths)
+        H.evict(p)
+    warmed = H.warm_page_cache(paths)
     print(f"page cache warmed: each file synced, evicted and read once before timing "
           f"({warmed / GB:.2f} GB); all loads below read from the page cache, not the disk")
 
@@ -735,29 +545,24 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print("\ndoes inspect read tensor bytes? (page-cache residency via mincore) ...")
     residency = run_child(args, "inspect-residency")
     residency["pass"] = report_residency(residency)
-    warm_page_cache([args.workdir / FILES["anc"]])  # leave the .anc in the page cache, as found
+    H.warm_page_cache([args.workdir / FILES["anc"]])  # leave the .anc in the page cache, as found
 
     file_bytes = os.path.getsize(anc)
     print_table(results, file_bytes)
-    print(f"\nRSS columns: peak RSS = ru_maxrss of the child; +RSS = peak minus RSS right after imports; "
+    print("\nRSS columns: peak RSS = ru_maxrss of the child; +RSS = peak minus RSS right after imports; "
           f"anon/file = RssAnon/RssFile at the end of the timed region (file = mapped page cache).")
     lazy = results["load-anc-lazy"].samples[0]["extra"]
     print(f"tensor bytes: {prep['bytes'] / MB:.0f} MB; the lazy load materialised {lazy['tensors_loaded']} "
           f"of {prep['tensors']} tensors, {lazy['bytes_loaded'] / MB:.0f} MB")
     print("\ntargets")
     targets = check_targets(results)
-    busiest = max(s["background_cpu"] for m in results.values() for s in m.samples)
-    print(f"\nbackground CPU load before measurements: max {busiest:.0%} of the machine"
-          + ("  WARNING: something else was running; timings are unreliable, rerun on a quiet machine"
-             if busiest > args.max_background else " (quiet)"))
+    print(H.background_line((s["background_cpu"] for m in results.values() for s in m.samples),
+                            args.max_background))
     return {
         "config": {"size_gb": args.size_gb, "repeat": args.repeat, "touch": args.touch, "seed": args.seed,
-                   "cpus": os.cpu_count(), "platform": platform.platform(),
-                   "python": platform.python_version()},
+                   **H.environment()},
         "prepare": prep,
-        "results": {k: {"label": m.label, "group": m.group, "median_seconds": m.seconds,
-                        "median_rss_increase": m.rss_increase, "samples": m.samples}
-                    for k, m in results.items()},
+        "results": {k: {**m.to_json(), "median_rss_increase": m.rss_increase} for k, m in results.items()},
         "inspect_residency": residency,
         "targets": targets,
     }
@@ -766,38 +571,22 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-gb", type=float, default=1.0, help="size of the synthetic state dict (default 1.0)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept (default 3)")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                   help=f"folder for the reference files (default {DEFAULT_WORKDIR})")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write every sample and result here")
+    H.add_common_args(p, size_gb=1.0, size_help="size of the synthetic state dict", workdir=DEFAULT_WORKDIR,
+                      keep_help="keep the reference files afterwards")
     p.add_argument("--touch", choices=TOUCH_MODES, default="page",
                    help="how loaded tensors are touched: one element per 4 KiB page (default) or t.sum()")
-    p.add_argument("--max-background", type=float, default=0.1, metavar="FRACTION",
-                   help="before each run, wait until other processes use less than this fraction "
-                        "of the CPUs (default 0.1)")
-    p.add_argument("--quiet-timeout", type=float, default=120.0, metavar="S",
-                   help="longest wait for a quiet machine before running anyway (default 120)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic state dict (default 0)")
-    p.add_argument("--keep", action="store_true", help="keep the reference files afterwards")
-    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one measurement and print JSON
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.child:
-        child_main(args)
-        return
-    try:
-        out = run_benchmark(args)
-    finally:
+
+    def cleanup() -> None:
         if not args.keep:
             for name in FILES.values():
                 (args.workdir / name).unlink(missing_ok=True)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"\nresults written to {args.json}")
+
+    H.main_flow(args, lambda: child_main(args), lambda: run_benchmark(args), cleanup)
 
 
 if __name__ == "__main__":

@@ -27,26 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from functools import partial
 from math import prod
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import bench_container as bc  # noqa: E402  (shared layout, quiet-machine and page-cache helpers)
+import _harness as H  # noqa: E402
+import bench_container as bc  # noqa: E402  (the AIFS-like layout)
+from _harness import GB, MB, Measurement, nbytes  # noqa: E402
 
 DEFAULT_WORKDIR = HERE / "out"
-MB = 1e6
-GB = 1e9
 FORMATS = ("lightning", "state-dict")
 RSS_ALLOWANCE = 300 * 10**6  # the target: peak RSS < largest tensor + 300 MB
 
@@ -159,10 +155,6 @@ def flat_state_dict(sd: OrderedDict, moments: list[dict[str, Any]]) -> OrderedDi
     return out
 
 
-def nbytes(t: Any) -> int:
-    return t.numel() * t.element_size()
-
-
 # --------------------------------------------------------------------------------------------
 # Child modes (fresh interpreter each): return (seconds, extra)
 # --------------------------------------------------------------------------------------------
@@ -177,7 +169,6 @@ def output_path(args: argparse.Namespace, suffix: str) -> Path:
 
 def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Write the source checkpoint with torch.save (default zip format). Not measured."""
-    import anemoi_ckpt
     import safetensors
     import torch
 
@@ -190,16 +181,8 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
             "tensor_bytes": sum(nbytes(t) for t in flat_state_dict(sd, moments).values())
                             + sum(nbytes(m["step"]) for m in moments) * (args.format == "lightning"),
             "largest_tensor_bytes": max(nbytes(t) for t in sd.values()),
-            "anemoi_ckpt": f"{anemoi_ckpt.__version__} from {Path(anemoi_ckpt.__file__).parent}",
+            "anemoi_ckpt": H.package_origin(),
             "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__}}
-
-
-def fsync_path(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def naive(args: argparse.Namespace, durable: bool) -> tuple[float, dict[str, Any]]:
@@ -224,10 +207,10 @@ def naive(args: argparse.Namespace, durable: bool) -> tuple[float, dict[str, Any
             flat = obj
         safetensors.torch.save_file(flat, str(dst))
         if durable:
-            fsync_path(dst)
+            H.fsync_path(dst)
         return len(flat)
 
-    seconds, n = bc.timed(run)
+    seconds, n = H.timed(run)
     return seconds, {"tensors_written": n, "output": str(dst)}
 
 
@@ -252,18 +235,7 @@ def ours(args: argparse.Namespace, durable: bool) -> tuple[float, dict[str, Any]
     engine.verify_output = timed_phase("compare", engine.verify_output)
     src, dst = source_path(args), output_path(args, ".anc")
     run = lambda: engine.convert(src, dst, durable=durable, progress=False)  # noqa: E731
-    if args.profile:
-        import cProfile
-        import io
-        import pstats
-
-        prof = cProfile.Profile()
-        seconds, report = bc.timed(lambda: prof.runcall(run))
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
-        print(buf.getvalue(), file=sys.stderr)
-    else:
-        seconds, report = bc.timed(run)
+    seconds, report = H.profiled(run, args.profile and durable, "convert (durable)")
     phases["write"] = seconds - phases["source_sha256"] - phases["compare"]
     return seconds, {"phases": phases, "tensors": report.tensors, "bytes": report.bytes,
                      "verified": report.verified, "format": report.format, "kind": report.kind,
@@ -278,137 +250,36 @@ CHILD_MODES = {
 }
 
 
-def child_entry(args: argparse.Namespace, modes: dict[str, Any], prepare: Any,
-                imports: tuple[str, ...] = ()) -> None:
-    """The body of every benchmark child process: import everything any mode needs first (so the
-    post-import RSS is the same baseline for all rows), then run one mode and print its JSON."""
-    import importlib
-
-    import torch
-
-    for name in ("anemoi_ckpt", "anemoi_ckpt.convert", "anemoi_ckpt.reader", "anemoi_ckpt.writer",
-                 "anemoi_ckpt.tensorio", "numpy", "safetensors.torch", *imports):
-        importlib.import_module(name)
-    torch.set_num_threads(os.cpu_count() or 1)
-    if args.child == "prepare":
-        print(json.dumps(prepare(args)))
-        return
-    post_import = bc.proc_status()["VmRSS"]
-    seconds, extra = modes[args.child](args)
-    print(json.dumps({"seconds": seconds, "rss_post_import": post_import,
-                      "peak_rss_self": bc.peak_rss(), "extra": extra}))
+#: What every child of the conversion benchmarks imports before its baseline RSS is taken.
+CHILD_IMPORTS = ("anemoi_ckpt", "anemoi_ckpt.convert", "anemoi_ckpt.reader", "anemoi_ckpt.writer",
+                 ("anemoi_ckpt.container.tensorio", "anemoi_ckpt.container.tensorio"), "numpy", "safetensors.torch")
 
 
 def child_main(args: argparse.Namespace) -> None:
-    child_entry(args, CHILD_MODES, child_prepare)
+    H.child_main(args.child, {mode: partial(fn, args) for mode, fn in CHILD_MODES.items()},
+                 prepare=partial(child_prepare, args), imports=CHILD_IMPORTS)
 
 
 # --------------------------------------------------------------------------------------------
-# Parent: run a process, time it, watch its memory
+# Parent
 # --------------------------------------------------------------------------------------------
-
-class MemoryWatcher(threading.Thread):
-    """Polls /proc/PID/status every 10 ms for the peaks of RssAnon and RssFile (ru_maxrss gives
-    only their sum's peak). A sampled peak can miss a spike shorter than the interval."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.path = f"/proc/{pid}/status"
-        self.peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                with open(self.path) as fh:
-                    for line in fh:
-                        key, _, rest = line.partition(":")
-                        if key in self.peak:
-                            self.peak[key] = max(self.peak[key], int(rest.split()[0]) * 1024)
-            except (OSError, ValueError, IndexError):
-                pass
-            self.done.wait(0.01)
-
-
-def run_process(cmd: list[str]) -> tuple[float, str, dict[str, int]]:
-    """Run ``cmd``; (wall seconds, stdout, memory) with ru_maxrss from os.wait4 (this child only)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        watcher = MemoryWatcher(proc.pid)
-        watcher.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        watcher.done.set()
-        watcher.join()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr}")
-    if stderr.strip():
-        print(stderr, file=sys.stderr)
-    mem = {"peak_rss": usage.ru_maxrss * 1024, "peak_anon_sampled": watcher.peak["RssAnon"],
-           "peak_file_sampled": watcher.peak["RssFile"]}
-    return seconds, stdout, mem
-
 
 def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--workdir", str(args.workdir),
-           "--size-gb", str(args.size_gb), "--seed", str(args.seed), "--format", args.format]
-    if args.profile and mode == "convert":
-        cmd.append("--profile")
-    _, stdout, mem = run_process(cmd)
-    sample = json.loads(stdout.strip().splitlines()[-1])
-    sample.update(mem)
-    return sample
+    flags = ["--workdir", str(args.workdir), "--size-gb", str(args.size_gb), "--seed", str(args.seed),
+             "--format", args.format] + (["--profile"] if args.profile and mode == "convert" else [])
+    return H.run_child(__file__, mode, flags, watch_memory=True)
 
 
 def run_cp(args: argparse.Namespace, durable: bool) -> dict[str, Any]:
     """``cp src dst`` (coreutils, as a process: start-up included), then os.fsync(dst) if durable;
     both inside the timed region."""
-    dst = output_path(args, ".cp")
-    t0 = time.perf_counter()
-    seconds, _, mem = run_process(["cp", str(source_path(args)), str(dst)])
-    if durable:
-        fsync_path(dst)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rss_post_import": 0, "extra": {"output": str(dst)}, **mem}
-
-
-@dataclass
-class Measurement:
-    mode: str
-    label: str
-    samples: list[dict[str, Any]]
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(s["seconds"] for s in self.samples)
-
-    def median(self, key: str) -> float:
-        return statistics.median(s[key] for s in self.samples)
+    return H.cp_sample(source_path(args), output_path(args, ".cp"), durable)
 
 
 def measure(args: argparse.Namespace, mode: str, label: str) -> Measurement:
-    samples = []
-    for _ in range(args.repeat):
-        bc.settle()  # flush the previous run's write-back (untimed)
-        load = bc.wait_for_quiet(args)
-        if mode.startswith("cp"):
-            sample = run_cp(args, durable=mode == "cp-fsync")
-        else:
-            sample = run_child(args, mode)
-        sample["background_cpu"] = load
-        output = sample["extra"].pop("output", None)
-        if output:
-            os.unlink(output)
-        samples.append(sample)
-    m = Measurement(mode, label, samples)
-    shown = ", ".join(f"{s['seconds']:.2f}" for s in samples)
-    print(f"  {label:<44} {m.seconds:8.2f} s  (samples: {shown})", flush=True)
-    return m
+    run_one = (partial(run_cp, args, mode == "cp-fsync") if mode.startswith("cp")
+               else partial(run_child, args, mode))
+    return H.measure(mode, label, run_one, args.repeat, H.Quiet.of(args))
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,43 +299,34 @@ MODES = [
 def print_table(results: dict[str, Measurement], src_bytes: int) -> None:
     naive_s = results["naive"].seconds
     cp_s = results["cp-fsync"].seconds
-    head = (f"{'method':<34} {'median s':>9} {'GB/s':>6} {'vs naive':>9} {'vs cp+fsync':>12} "
-            f"{'peak RSS MB':>12} {'+RSS MB':>8} {'anon MB':>8} {'file MB':>8}")
-    print("\n" + head + "\n" + "-" * len(head))
-    for m in results.values():
-        base = m.median("rss_post_import")
-        print(f"{m.label:<34} {m.seconds:9.2f} {src_bytes / GB / m.seconds:6.2f} "
-              f"{naive_s / m.seconds:8.2f}x {cp_s / m.seconds:11.2f}x "
-              f"{m.median('peak_rss') / MB:12.0f} {(m.median('peak_rss') - base) / MB if base else 0:8.0f} "
-              f"{m.median('peak_anon_sampled') / MB:8.0f} {m.median('peak_file_sampled') / MB:8.0f}")
-    print("(GB/s = source file size / time; vs naive / vs cp+fsync = speed relative to that row, > 1 is "
-          "faster;\n peak RSS = ru_maxrss (os.wait4); +RSS = peak minus RSS after imports; anon / file = "
-          "peaks of RssAnon / RssFile sampled every 10 ms)")
+    C = H.Column
+    H.print_table(
+        [C("method", 34), C("median s", 9, ".2f"), C("GB/s", 6, ".2f"), C("vs naive", 9, ".2f", "x"),
+         C("vs cp+fsync", 12, ".2f", "x"), C("peak RSS MB", 12, ".0f"), C("+RSS MB", 8, ".0f"),
+         C("anon MB", 8, ".0f"), C("file MB", 8, ".0f")],
+        [[m.label, m.seconds, src_bytes / GB / m.seconds, H.ratio(naive_s, m.seconds), H.ratio(cp_s, m.seconds),
+          m.median("peak_rss") / MB, m.rss_increase / MB, m.median("peak_anon_sampled") / MB,
+          m.median("peak_file_sampled") / MB] for m in results.values()],
+        note="(GB/s = source file size / time; vs naive / vs cp+fsync = speed relative to that row, > 1 is "
+             "faster;\n peak RSS = ru_maxrss (os.wait4); +RSS = peak minus RSS after imports; anon / file = "
+             "peaks of RssAnon / RssFile sampled every 10 ms)")
 
 
 def check_targets(results: dict[str, Measurement], largest: int) -> list[dict[str, Any]]:
     r = {k: m.seconds for k, m in results.items()}
     conv = results["convert"]
     limit_rss = (largest + RSS_ALLOWANCE) / MB
-    rows = [
-        # (label, measured, limit, higher is better, unit)
-        ("convert peak RSS < largest tensor + 300 MB", conv.median("peak_rss") / MB, limit_rss, False, "MB"),
-        ("  (informative) anonymous peak < largest + 300 MB", conv.median("peak_anon_sampled") / MB,
-         limit_rss, False, "MB"),
-        ("convert speed >= 2x naive (naive without fsync)", r["naive"] / r["convert"], 2.0, True, "x"),
-        ("  same, both durable (naive + fsync)", r["naive-fsync"] / r["convert"], 2.0, True, "x"),
-        ("  same, neither durable (durable=False)", r["naive"] / r["convert-nofsync"], 2.0, True, "x"),
-        ("convert speed >= 0.5x cp + fsync", r["cp-fsync"] / r["convert"], 0.5, True, "x"),
-        ("  same, neither durable (durable=False vs cp)", r["cp"] / r["convert-nofsync"], 0.5, True, "x"),
-    ]
-    out = []
-    for label, value, limit, higher, unit in rows:
-        ok = value >= limit if higher else value < limit
-        out.append({"target": label.strip(), "value": round(value, 3), "limit": round(limit, 3),
-                    "unit": unit, "pass": ok})
-        shown = f"{value:.0f} MB (limit {limit:.0f} MB)" if unit == "MB" else f"{value:.2f}x (limit {limit:.2f}x)"
-        print(f"  {'PASS' if ok else 'FAIL'}  {label:<52} measured {shown}")
-    return out
+    T = partial(H.Target, strict=True)  # "<" as the issue words it
+    return H.check_targets([
+        T("convert peak RSS < largest tensor + 300 MB", conv.median("peak_rss") / MB, limit_rss, unit="MB"),
+        T("  (informative) anonymous peak < largest + 300 MB", conv.median("peak_anon_sampled") / MB,
+          limit_rss, unit="MB"),
+        H.Target("convert speed >= 2x naive (naive without fsync)", r["naive"] / r["convert"], 2.0, True),
+        H.Target("  same, both durable (naive + fsync)", r["naive-fsync"] / r["convert"], 2.0, True),
+        H.Target("  same, neither durable (durable=False)", r["naive"] / r["convert-nofsync"], 2.0, True),
+        H.Target("convert speed >= 0.5x cp + fsync", r["cp-fsync"] / r["convert"], 0.5, True),
+        H.Target("  same, neither durable (durable=False vs cp)", r["cp"] / r["convert-nofsync"], 0.5, True),
+    ])
 
 
 def print_phases(results: dict[str, Measurement]) -> None:
@@ -498,9 +360,8 @@ def prepare_source(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"anemoi-ckpt convert benchmark: --format {args.format}, --size-gb {args.size_gb}, "
-          f"--repeat {args.repeat}, workdir {args.workdir}")
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    H.print_header(f"anemoi-ckpt convert benchmark: --format {args.format}, --size-gb {args.size_gb}, "
+                   f"--repeat {args.repeat}, workdir {args.workdir}")
     print("\nwriting the source checkpoint with torch.save (once, not measured) ...", flush=True)
     prep = prepare_source(args)
     src = source_path(args)
@@ -509,9 +370,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  {src.name}: {src_bytes / GB:.3f} GB ({args.format}); {prep['parameters']} parameters, "
           f"weights {prep['weight_bytes'] / GB:.3f} GB, all tensors {prep['tensor_bytes'] / GB:.3f} GB, "
           f"largest tensor {prep['largest_tensor_bytes'] / MB:.1f} MB")
-    bc.settle()
-    bc.evict(str(src))
-    bc.warm_page_cache([src])
+    H.settle()
+    H.evict(src)
+    H.warm_page_cache([src])
     print("page cache warmed: the source was synced, evicted and read once; every run reads it from the "
           "page cache. Outputs are deleted and the disk synced (untimed) between runs.")
 
@@ -530,17 +391,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print_phases(results)
     print(f"\ntargets (largest tensor {largest / MB:.1f} MB; cp = coreutils cp, then os.fsync of the copy)")
     targets = check_targets(results, largest)
-    busiest = max(s["background_cpu"] for m in results.values() for s in m.samples)
-    print(f"\nbackground CPU load before measurements: max {busiest:.0%} of the machine"
-          + ("  WARNING: something else was running; timings are unreliable, rerun on a quiet machine"
-             if busiest > args.max_background else " (quiet)"))
+    print(H.background_line((s["background_cpu"] for m in results.values() for s in m.samples),
+                            args.max_background))
     return {
         "config": {"format": args.format, "size_gb": args.size_gb, "repeat": args.repeat, "seed": args.seed,
-                   "cpus": os.cpu_count(), "platform": platform.platform(),
-                   "python": platform.python_version()},
+                   **H.environment()},
         "prepare": prep, "source_bytes": src_bytes,
-        "results": {k: {"label": m.label, "median_seconds": m.seconds, "samples": m.samples}
-                    for k, m in results.items()},
+        "results": {k: m.to_json() for k, m in results.items()},
         "targets": targets,
     }
 
@@ -548,46 +405,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-gb", type=float, default=3.0,
-                   help="size of the whole source checkpoint (1/3 weights, 2/3 AdamW moments; default 3.0)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept (default 3)")
+    H.add_common_args(p, size_gb=3.0, size_help="size of the whole source checkpoint (1/3 weights, 2/3 AdamW "
+                      "moments)", workdir=DEFAULT_WORKDIR,
+                      keep_help="keep the source checkpoint afterwards (and reuse it on the next --keep run)",
+                      profile_help="the durable convert")
     p.add_argument("--format", choices=FORMATS, default="lightning",
                    help="source: a Lightning training checkpoint (default) or a plain flat dict of "
                         "the same tensors (state-dict)")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                   help=f"folder for the source and outputs (default {DEFAULT_WORKDIR})")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write every sample and result here")
-    p.add_argument("--max-background", type=float, default=0.1, metavar="FRACTION",
-                   help="before each run, wait until other processes use less than this fraction "
-                        "of the CPUs (default 0.1)")
-    p.add_argument("--quiet-timeout", type=float, default=120.0, metavar="S",
-                   help="longest wait for a quiet machine before running anyway (default 120)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic tensors (default 0)")
-    p.add_argument("--profile", action="store_true",
-                   help="run the durable convert under cProfile and print its top functions (slower)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the source checkpoint afterwards (and reuse it on the next --keep run)")
-    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one measurement, print JSON
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.workdir = args.workdir.resolve()
-    if args.child:
-        child_main(args)
-        return
-    try:
-        out = run_benchmark(args)
-    finally:
+
+    def cleanup() -> None:
         for suffix in (".safetensors", ".anc", ".cp"):
             output_path(args, suffix).unlink(missing_ok=True)
         if not args.keep:
             source_path(args).unlink(missing_ok=True)
             source_path(args).with_suffix(".json").unlink(missing_ok=True)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"\nresults written to {args.json}")
+
+    H.main_flow(args, lambda: child_main(args), lambda: run_benchmark(args), cleanup)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -42,12 +40,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import bench_container as bc  # noqa: E402  (AIFS-like layout, mincore, quiet-machine helpers)
+import _harness as H  # noqa: E402
+import bench_container as bc  # noqa: E402  (the AIFS-like layout)
+from _harness import GB, MB, tensor_bytes  # noqa: E402
 
 DEFAULT_WORKDIR = HERE / "out"
-PAGE = 4096
-MB = 1e6
-GB = 1e9
 LIMIT = 1 << 20  # the target: < 1 MB (read as 1 MiB, the more lenient reading; 1e6 is printed too)
 FILE = "lineage-model.anc"
 ST_FILE = "lineage-model.safetensors"
@@ -141,9 +138,9 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     t_anc = time.perf_counter() - t0
     safetensors.torch.save_file(sd, str(w / ST_FILE),
                                 metadata={"anemoi": json.dumps(md), "format": "pt"})
-    return {"write_seconds": t_anc, "tensors": len(sd), "bytes": bc.tensor_bytes(sd),
-            "graph_bytes": bc.tensor_bytes(graph), "grid": grid,
-            "anemoi_ckpt": f"{anemoi_ckpt.__version__} from {Path(anemoi_ckpt.__file__).parent}",
+    return {"write_seconds": t_anc, "tensors": len(sd), "bytes": tensor_bytes(sd),
+            "graph_bytes": tensor_bytes(graph), "grid": grid,
+            "anemoi_ckpt": H.package_origin(),
             "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__}}
 
 
@@ -154,7 +151,7 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
 # What-if: the same CLI, with the reader's file map advised MADV_RANDOM (only in that process).
 MADV_RANDOM_LAUNCHER = """\
 import mmap, sys, types
-import anemoi_ckpt.filebytes as reader  # where the map is made
+import anemoi_ckpt.container.filebytes as reader  # where the map is made
 def _map(*a, **k):
     m = mmap.mmap(*a, **k)
     m.madvise(mmap.MADV_RANDOM)
@@ -230,44 +227,25 @@ def tensor_payload_ranges(path: str) -> list[tuple[int, int]]:
 def residency(path: str, payload: list[tuple[int, int]]) -> dict[str, int]:
     """Resident bytes of the whole file and of its tensor payload (mincore)."""
     size = os.path.getsize(path)
-    total = bc.resident_bytes(path, 0, size)
-    in_payload = sum(bc.resident_bytes(path, b, e) for b, e in payload if e > b)
+    total = H.resident_bytes(path, 0, size)
+    in_payload = sum(H.resident_bytes(path, b, e) for b, e in payload)
     return {"total": total, "tensor_payload": in_payload, "other": total - in_payload}
 
 
-def evict(path: str) -> None:
-    """fsync (so no page is dirty), then drop the file from the page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def run_once(argv: list[str], path: str, payload: list[tuple[int, int]]) -> dict[str, Any]:
-    evict(path)
+    # fsync first so no page is dirty (dirty pages survive POSIX_FADV_DONTNEED)
+    H.evict(path, fsync=True)
     before = residency(path, payload)
     if before["total"]:
         time.sleep(0.2)
-        evict(path)
+        H.evict(path, fsync=True)
         before = residency(path, payload)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        rc = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({rc}):\n{stderr.decode()[-2000:]}")
+    res = H.run_process(argv)
     time.sleep(0.5)  # read-ahead is asynchronous: let it land before counting
     after = residency(path, payload)
     return {"resident_before": before["total"], "resident": after["total"],
             "resident_tensor_payload": after["tensor_payload"], "resident_other": after["other"],
-            "read_bytes": usage.ru_inblock * 512, "stdout_bytes": len(stdout), "seconds": seconds}
+            "read_bytes": res.read_bytes, "stdout_bytes": len(res.stdout.encode()), "seconds": res.seconds}
 
 
 def measure(args: argparse.Namespace, key: str, label: str, argv: list[str], path: str) -> dict[str, Any]:
@@ -275,11 +253,11 @@ def measure(args: argparse.Namespace, key: str, label: str, argv: list[str], pat
     # Untimed warm-up with the file cached: the interpreter's own files (python, torch,
     # anemoi_ckpt) enter the page cache, so the measured runs' read_bytes are the file's.
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    samples = []
-    for _ in range(args.repeat):
-        os.sync()
-        samples.append(run_once(argv, path, payload))
-    med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+    # Bytes are counted, not timed: no wait for a quiet machine.
+    samples = H.repeat_runs(lambda: run_once(argv, path, payload), args.repeat, None)
+    med = {k: statistics.median(s[k] for s in samples) for k in
+           ("resident_before", "resident", "resident_tensor_payload", "resident_other", "read_bytes",
+            "stdout_bytes", "seconds")}
     ok = med["resident"] < LIMIT
     print(f"  {label:<40} {med['resident'] / 1024:9.0f} {med['resident_tensor_payload'] / 1024:9.0f} "
           f"{med['read_bytes'] / 1024:10.0f} {med['resident_before'] / 1024:7.0f}  "
@@ -294,16 +272,12 @@ def measure(args: argparse.Namespace, key: str, label: str, argv: list[str], pat
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"anemoi-ckpt lineage/inspect I/O benchmark: --size-gb {args.size_gb}, --repeat {args.repeat}, "
-          f"workdir {args.workdir}")
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    H.print_header(f"anemoi-ckpt lineage/inspect I/O benchmark: --size-gb {args.size_gb}, --repeat "
+                   f"{args.repeat}, workdir {args.workdir}")
     print("\nwriting the files (once, not measured) ...", flush=True)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "prepare",
-                           "--workdir", str(args.workdir), "--size-gb", str(args.size_gb),
-                           "--seed", str(args.seed)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"prepare failed:\n{proc.stderr}")
-    prep = json.loads(proc.stdout.strip().splitlines()[-1])
+    prep = H.run_process([sys.executable, str(Path(__file__).resolve()), "--child", "prepare",
+                          "--workdir", str(args.workdir), "--size-gb", str(args.size_gb),
+                          "--seed", str(args.seed)]).last_json()
     anc, st = args.workdir / FILE, args.workdir / ST_FILE
     print(f"  anemoi_ckpt {prep['anemoi_ckpt']}; "
           + ", ".join(f"{k} {v}" for k, v in prep["versions"].items()))
@@ -311,7 +285,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
           f"{prep['bytes'] / GB:.3f} GB; graph {prep['graph_bytes'] / MB:.1f} MB; anemoi metadata with "
           f"2 x {prep['grid']} float64 supporting arrays; lineage: 4 ancestors, a merge of 2 branches)")
     print(f"  {st.name}: {st.stat().st_size / GB:.3f} GB (same weights)")
-    ra = bc.read_ahead_bytes(str(anc))
+    ra = H.read_ahead_bytes(anc)
     print(f"  device read-ahead (read_ahead_kb): {ra / 1024:.0f} KiB" if ra else "  device read-ahead: unknown")
     print(f"\nper command: file evicted (fsync + POSIX_FADV_DONTNEED, checked with mincore), command run "
           f"as a process,\nthen mincore; median of {args.repeat}. KiB columns: resident = pages of the file "
@@ -336,22 +310,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  (peer) safetensors safe_open keys+metadata: resident {peer['resident'] / MB:.2f} MB, "
           f"read_bytes {peer['read_bytes'] / MB:.2f} MB")
     return {"config": {"size_gb": args.size_gb, "repeat": args.repeat, "seed": args.seed,
-                       "cpus": os.cpu_count(), "platform": platform.platform(),
-                       "python": platform.python_version(), "read_ahead_bytes": ra},
+                       **H.environment(), "read_ahead_bytes": ra},
             "prepare": prep, "file_bytes": anc.stat().st_size, "rows": rows, "targets": targets}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-gb", type=float, default=1.0, help="size of the weights (default 1.0)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per command; the median is kept (default 3)")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                   help=f"folder for the files (default {DEFAULT_WORKDIR})")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write every sample and result here")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic tensors (default 0)")
-    p.add_argument("--keep", action="store_true", help="keep the files afterwards")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    H.add_common_args(p, size_gb=1.0, size_help="size of the weights", workdir=DEFAULT_WORKDIR, quiet=False,
+                      keep_help="keep the files afterwards")
     return p.parse_args(argv)
 
 
@@ -367,9 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.keep:
             for name in (FILE, ST_FILE, *ANCESTORS):
                 (args.workdir / name).unlink(missing_ok=True)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"\nresults written to {args.json}")
+    H.write_json(out, args.json)
 
 
 if __name__ == "__main__":

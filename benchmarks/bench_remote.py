@@ -26,13 +26,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-import bench_container as bc  # noqa: E402  (the AIFS-like state dict, peak RSS)
+import _harness as H  # noqa: E402
+import bench_container as bc  # noqa: E402  (the AIFS-like state dict)
 from tests.servers import CountingProxy, MotoS3, RangeServer, s3_env  # noqa: E402
 
 MB = 1 << 20
@@ -52,15 +54,13 @@ def write_files(folder: Path, size_gb: float) -> dict[str, Any]:
 
 
 def measure(proxy: CountingProxy, fn: Callable[[], Any], repeat: int) -> dict[str, float]:
-    times, wire = [], []
-    for _ in range(repeat):
-        proxy.reset()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    """Median time and bytes on the wire of ``repeat`` in-process runs against the same server."""
+    def wire() -> int:
         time.sleep(0.05)  # let the proxy count the last packets
-        wire.append(proxy.bytes_down)
-    return {"s": statistics.median(times), "bytes": statistics.median(wire)}
+        return proxy.bytes_down
+
+    times, sent, _ = H.sample_runs(fn, repeat, before=proxy.reset, after=wire)
+    return {"s": statistics.median(times), "bytes": statistics.median(sent)}
 
 
 def run(url_of: Callable[[str], str], proxy: CountingProxy, info: dict[str, Any], args: argparse.Namespace,
@@ -70,7 +70,7 @@ def run(url_of: Callable[[str], str], proxy: CountingProxy, info: dict[str, Any]
     import torch
 
     import anemoi_ckpt
-    from anemoi_ckpt.lineage_view import check_lineage
+    from anemoi_ckpt.lineage.view import check_lineage
     from anemoi_ckpt.summary import summarize
 
     model = url_of("model.anc")
@@ -138,9 +138,7 @@ def main() -> None:
     p.add_argument("--s3", action="store_true", help="also serve the files from moto's S3 server "
                    "(slow at 1 GB: moto's own per-request cost dominates the S3 timings)")
     args = p.parse_args()
-    import anemoi_ckpt
-
-    print(f"anemoi_ckpt {anemoi_ckpt.__version__} from {os.path.dirname(anemoi_ckpt.__file__)}")
+    print(f"anemoi_ckpt {H.package_origin()}")
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
         folder = Path(tmp)
         info = write_files(folder, args.size_gb)
@@ -182,11 +180,11 @@ def print_rows(rows: list, info: dict[str, Any]) -> None:
     for label, ours, peer, chosen in rows:
         pct = 100 * ours["bytes"] / size
         print(f"{label:<28} {ours['bytes'] / MB:>11.3f} MB {pct:>9.3f}% {peer['bytes'] / MB:>15.1f} MB "
-              f"{ours['bytes'] / peer['bytes']:>12.5f} {ours['s'] / peer['s']:>10.3f}x")
+              f"{ours['bytes'] / peer['bytes']:>12.5f} {H.ratio(ours['s'], peer['s']):>10.3f}x")
         if chosen is not None:
             print(f"{'':<28} tensors asked for: {chosen / MB:.1f} MB = {100 * chosen / size:.2f}% of "
                   f"the file; transferred / asked = {ours['bytes'] / chosen:.4f}")
-    print(f"peak RSS {bc.peak_rss() / MB:.0f} MB")
+    print(f"peak RSS {H.peak_rss() / MB:.0f} MB")
     print("\ntargets:")
     for label, ours, _, chosen in rows:
         if label.endswith(("inspect", "lineage")):

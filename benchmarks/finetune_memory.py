@@ -45,7 +45,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -54,26 +53,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _harness as H  # noqa: E402
+from _harness import nbytes as _tensor_bytes  # noqa: E402
+
 REPO = HERE.parent
 MODES = ("full", "lora", "freeze")
 TARGET_REQUIRED, TARGET_AIM = 0.70, 0.85
 LR, BETAS = 1e-4, (0.9, 0.999)  # the trainer's AdamW; lr lowered from its 1e-3 default so the random-init 200M model does not diverge
-
-
-def _rss_now() -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def _tensor_bytes(t: Any) -> int:
-    return t.numel() * t.element_size()
 
 
 def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -87,7 +74,7 @@ def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rss_imports = _rss_now()
+    rss_imports = H.rss_now()
     model_cfg = {"size": "aifs-like", "n_lat": args.n_lat, "n_lon": args.n_lon}
     raw: dict[str, Any] = {"model": {"builder": "reference", "config": model_cfg}, "method": mode,
                            "max_steps": 1, "lora": {"r": args.rank, "alpha": 2 * args.rank}}
@@ -103,7 +90,7 @@ def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=0.0)
-    rss_built = _rss_now()
+    rss_built = H.rss_now()
 
     data = SyntheticWeather(max(8, args.batch * (args.warmup + args.steps)), seed=1, variant="regional",
                             n_lat=base.n_lat, n_lon=base.n_lon, n_vars=base.n_vars)
@@ -122,10 +109,10 @@ def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     losses, state_bytes, parts, times = [], 0, {}, []
     load = os.getloadavg()[0]
     for s, (x, y) in enumerate(batches):
-        t_step = time.perf_counter()
-        losses.append(step(x, y))
+        seconds, loss = H.timed(lambda: step(x, y))
+        losses.append(loss)
         if s >= args.warmup:
-            times.append(time.perf_counter() - t_step)
+            times.append(seconds)
         if s == 0:  # exact trainable state after the first optimizer step
             p_b = sum(_tensor_bytes(p) for p in params)
             g_b = sum(_tensor_bytes(p.grad) for p in params if p.grad is not None)
@@ -141,7 +128,7 @@ def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "trainable_tensors": len(params),
         "trainable_state_bytes": state_bytes, "trainable_state_parts": parts,
         "rss_after_imports_bytes": rss_imports, "rss_after_build_bytes": rss_built,
-        "peak_rss_bytes": _maxrss(), "build_s": round(build_s, 2),
+        "peak_rss_bytes": H.peak_rss(), "build_s": round(build_s, 2),
         "timed_steps": args.steps, "timed_s": round(timed_s, 3),
         "samples_per_s": round(args.batch / median, 4),
         "mean_samples_per_s": round(args.batch * args.steps / timed_s, 4),
@@ -204,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     child_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
     for mode in modes:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", mode, *child_argv],
-                              capture_output=True, text=True, cwd=REPO)
+        # One fresh process per mode: each peak RSS is that mode's alone.
+        proc = H.run_process([sys.executable, str(Path(__file__).resolve()), "--child", mode, *child_argv],
+                             check=False, cwd=REPO)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             print(f"finetune_memory: the {mode} child failed (exit {proc.returncode})", file=sys.stderr)
             return 1
-        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[mode] = proc.last_json()
         if not args.json:
             r = results[mode]
             print(f"{mode:6s} trainable {r['trainable_parameters']:>11,d} params, state "

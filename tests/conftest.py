@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import anemoi_ckpt
-from anemoi_ckpt.demo import demo_anemoi_metadata, demo_graph, demo_state_dict
+from anemoi_ckpt.demo.data import demo_anemoi_metadata, demo_graph, demo_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 import anemoi_ckpt
 from anemoi_ckpt import catalogue as cat
 from anemoi_ckpt.catalogue.register import Entry, parents_first
-from anemoi_ckpt.lineage_view import RENDERERS, check_lineage
-from anemoi_ckpt.schema import Lineage, LineageRecord, ParentRef, Tool
+from anemoi_ckpt.lineage.view import RENDERERS, check_lineage
+from anemoi_ckpt.container.schema import Lineage, LineageRecord, ParentRef, Tool
 from tests.conftest import one_error_line, run_cli
 
 

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 import anemoi_ckpt
-from anemoi_ckpt.zipwrite import ALIGNMENT
+from anemoi_ckpt.container.zipwrite import ALIGNMENT
 
 
 def local_data_offset(raw: bytes, info: zipfile.ZipInfo) -> int:

@@ -30,9 +30,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import anemoi_ckpt
 from anemoi_ckpt import AncError, FormatError, IntegrityError, UnknownSectionWarning, VersionError
-from anemoi_ckpt import reader as reader_mod, stformat
-from anemoi_ckpt.demo import demo_anemoi_metadata, demo_graph, demo_state_dict
-from anemoi_ckpt.zipwrite import ZipWriter
+from anemoi_ckpt import reader as reader_mod
+from anemoi_ckpt.container import stformat
+from anemoi_ckpt.demo.data import demo_anemoi_metadata, demo_graph, demo_state_dict
+from anemoi_ckpt.container.zipwrite import ZipWriter
 from tests.conftest import arrays_equal, section_span
 
 # --- building damaged files ------------------------------------------------------------------
@@ -519,7 +520,7 @@ def test_header_names_differ_from_the_manifest(demo_file: Path, tmp_path: Path) 
 
 def test_dtype_this_torch_lacks(demo_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A valid code an older torch does not have: a clear error, not a TypeError from torch."""
-    from anemoi_ckpt import dtypes
+    from anemoi_ckpt.container import dtypes
 
     monkeypatch.delitem(dtypes.CODE_TO_TORCH, "F32")
     with anemoi_ckpt.open(demo_file) as ck:

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 import anemoi_ckpt
 import anemoi_ckpt.cli.commands  # noqa: F401 - registers the commands on ``cli``
 from anemoi_ckpt.cli.main import cli
-from anemoi_ckpt.demo import demo_anemoi_metadata, demo_graph, demo_state_dict
+from anemoi_ckpt.demo.data import demo_anemoi_metadata, demo_graph, demo_state_dict
 from tests.test_damaged import rewrite_manifest as _rewrite_manifest
 from tests.test_damaged import (Archive, central_entries, flipped, patched, sha, split_tensor_member,
                                 tensor_member)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import anemoi_ckpt
-from anemoi_ckpt.diff_stats import compare_arrays, compare_tensors
+from anemoi_ckpt.compare.stats import compare_arrays, compare_tensors
 from tests.conftest import run_cli
 
 INF = float("inf")

@@ -21,7 +21,7 @@ import torch
 import anemoi_ckpt
 from anemoi_ckpt import FormatError
 from anemoi_ckpt.convert import convert
-from anemoi_ckpt.lineage_view import mermaid_id, render_dot, render_mermaid
+from anemoi_ckpt.lineage.view import mermaid_id, render_dot, render_mermaid
 from tests.conftest import one_error_line, run_cli
 from tests.test_damaged import Archive
 
@@ -81,11 +81,11 @@ def test_tree(chain: Chain) -> None:
     (m, mk, mc, md), (f1, k1, c1, d1), (f2, k2, c2, d2) = map(ident, (chain.merged, chain.ft1, chain.ft2))
     (cv, kc, cc, dc), (b, kb, cb, db) = ident(chain.conv), ident(chain.base)
     assert out.stdout.splitlines() == [
-        f"{m}  {mk}  merge  method=average  {mc}  {md}",
-        f"├── {f1}  {k1}  fine-tune  lr=0.0001 epochs=3  {c1}  {d1}",
+        f"{m}  {mk}  merge  method=average weights=[0.5,0.5]  {mc}  {md}",
+        f"├── {f1}  {k1}  fine-tune  lr=1e-4 epochs=3  {c1}  {d1}",
         f"│   └── {cv}  {kc}  convert  source=base.anc source_format=anc steps=2  {cc}  {dc}",
         f"│       └── {b}  training  create  seed=7  {cb}  {db}",
-        f"└── {f2}  {k2}  fine-tune  lr=1e-05  {c2}  {d2}",
+        f"└── {f2}  {k2}  fine-tune  lr=1e-5  {c2}  {d2}",
         f"    └── {cv} (see above)",
     ]
 

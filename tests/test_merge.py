@@ -18,7 +18,7 @@ import anemoi_ckpt
 from anemoi_ckpt.adapters import maths, merge
 from anemoi_ckpt.adapters.lora_config import lora_scale, pattern_key
 from anemoi_ckpt.adapters.peft_keys import base_tensor_name, group_keys, split_key
-from anemoi_ckpt.demo import demo_anemoi_metadata
+from anemoi_ckpt.demo.data import demo_anemoi_metadata
 from anemoi_ckpt.errors import FormatError, UsageError
 
 from conftest import run_cli

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import anemoi_ckpt
 from anemoi_ckpt import AncError, FormatError
-from anemoi_ckpt.rangefile import RangeFile
+from anemoi_ckpt.container.rangefile import RangeFile
 from tests.conftest import run_cli
 from tests.servers import CountingProxy, RangeServer
 
@@ -199,7 +199,7 @@ def test_file_url_is_a_path(served, tmp_path: Path) -> None:
     anemoi_ckpt.save(odd, {"w": torch.ones(3)})
     with anemoi_ckpt.open(f"file://{odd}") as ck:
         assert ck.path == f"file://{odd}" and torch.equal(ck.tensors()["w"], torch.ones(3))
-    from anemoi_ckpt.download import download
+    from anemoi_ckpt.remote.download import download
 
     report = download(str(odd), tmp_path / "copy.anc")  # read by range through fsspec's file://
     assert (tmp_path / "copy.anc").read_bytes() == odd.read_bytes() and report.transferred == odd.stat().st_size

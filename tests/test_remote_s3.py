@@ -105,7 +105,7 @@ def test_cli_inspect_in_a_subprocess_configured_by_environment(s3) -> None:
 
 def test_catalogue_with_s3_locations_fetch_and_gc(s3, tmp_path: Path) -> None:
     from anemoi_ckpt import catalogue as cat
-    from anemoi_ckpt.fetch import fetch
+    from anemoi_ckpt.remote.fetch import fetch
 
     proxy, root, _ = s3
     client = boto3.client("s3", endpoint_url=os.environ["FSSPEC_S3_ENDPOINT_URL"], region_name="us-east-1")

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import anemoi_ckpt
-from anemoi_ckpt.dtypes import CODE_TO_TORCH
+from anemoi_ckpt.container.dtypes import CODE_TO_TORCH
 
 DTYPES = sorted(CODE_TO_TORCH.values(), key=str)
 

@@ -77,6 +77,6 @@ def test_unresolvable_uuid_is_one_line(tmp_path: Path) -> None:
     assert res.returncode != 0 and "no checkpoint or lineage record" in res.stderr
     assert not (tmp_path / "out").exists()
     with pytest.raises(AncError):
-        from anemoi_ckpt.fetch import resolve_ref
+        from anemoi_ckpt.remote.fetch import resolve_ref
 
         resolve_ref(f"uuid:{uuid_of(moved)}", db)

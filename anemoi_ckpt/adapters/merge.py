@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 from ..errors import FormatError, UsageError
-from ..dtypes import ITEMSIZE
-from ..mapped import BufferPool, page_releaser
+from ..container.dtypes import ITEMSIZE
+from ..container.mapped import BufferPool, page_releaser
 from ..progress import Progress
 from ..reader import Checkpoint, open_checkpoint
 from ..writer import Writer

@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 
-from .. import sections as S
+from ..container import sections as S
 from ..errors import FormatError, UsageError
 from ..progress import Progress
 from ..reader import Checkpoint, open_checkpoint
-from ..schema import Metadata
+from ..container.schema import Metadata
 from ..writer import Writer
 from .svd import factorise
 

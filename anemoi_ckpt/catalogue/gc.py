@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import AncError, UsageError, one_line
 from .db import CatalogueError, Db, db_path, opened, write_txn
-from ..urls import filesystem, is_url
+from ..container.urls import filesystem, is_url
 
 _KEEP = """
 WITH RECURSIVE keep(uuid) AS (
@@ -70,7 +70,7 @@ def gc_plan(db: Db, keep_tags: list[str] | tuple[str, ...]) -> list[dict[str, An
 def _not_ours(location: str, uuid: str, cid: str) -> dict[str, Any] | None:
     """Why ``location`` must be left in place (a result to report), or None: it opens as the
     checkpoint ``uuid`` with content id ``cid``."""
-    from .. import open_checkpoint
+    from ..reader import open_checkpoint
 
     try:
         with open_checkpoint(location) as ck:

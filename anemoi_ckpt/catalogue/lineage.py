@@ -1,5 +1,5 @@
 """Lineage through the catalogue: a file's own block, completed with the ancestor records the
-catalogue knows, so the existing checks and renderers (``lineage_view``) draw the whole history.
+catalogue knows, so the existing checks and renderers (``anemoi_ckpt.lineage.view``) draw the whole history.
 
 A file normally carries its ancestors' records, but not when a parent was named by reference
 only (a ``ParentRef`` dict: a run that knew the parent's uuid but did not have the file). The
@@ -14,10 +14,10 @@ import re
 import sqlite3
 from typing import Any
 
-from ..schema import Lineage, LineageRecord
+from ..container.schema import Lineage, LineageRecord
 from .db import CatalogueError, Db, db_path, opened
 from .query import resolve_uuid
-from ..urls import is_url
+from ..container.urls import is_url
 
 # Every ancestor of the start uuids, by the parent edges of all known records. UNION (not UNION
 # ALL) keeps each uuid once, which also ends the walk on a cycle that hostile files could form.
@@ -58,7 +58,7 @@ def resolve_lineage(db: Db, uuid_or_lineage: str | Lineage) -> Lineage:
     recursively. Given a uuid (or unique prefix) instead of a block, the block is built from the
     catalogue alone, starting at that checkpoint's (or lineage record's) own record.
 
-    The result is not checked: pass it to :func:`anemoi_ckpt.lineage_view.check_lineage` before
+    The result is not checked: pass it to :func:`anemoi_ckpt.lineage.view.check_lineage` before
     rendering (a catalogue record may contradict the file's reference to it)."""
     with opened(db) as conn:
         if isinstance(uuid_or_lineage, Lineage):
@@ -79,8 +79,8 @@ def lineage_through_catalogue(db: Db, file_or_uuid: str | os.PathLike) -> tuple[
          "uuid": the root's uuid, "from_catalogue": [uuids of the records added],
          "without_record": [parent uuids that no file nor the catalogue has a record of]}
     """
-    from .. import open_checkpoint
-    from ..lineage_view import check_lineage
+    from ..reader import open_checkpoint
+    from ..lineage.view import check_lineage
 
     target = os.fspath(file_or_uuid)
     as_file = is_url(target) or os.path.exists(target) or not _HEXISH.fullmatch(target)

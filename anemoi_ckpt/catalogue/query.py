@@ -9,9 +9,9 @@ import sqlite3
 from typing import Any
 
 from ..errors import UsageError
-from ..lineage_build import utc_now
+from ..lineage.build import utc_now
 from .db import CatalogueError, Db, db_path, opened, write_txn
-from ..urls import is_url
+from ..container.urls import is_url
 
 #: A uuid or a prefix of one, with or without its dashes.
 _PREFIX = re.compile(r"[0-9a-f-]+")

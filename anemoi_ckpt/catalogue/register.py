@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..lineage_build import utc_now
-from ..schema import Lineage, LineageRecord, ParentRef
-from ..urls import is_url
+from ..lineage.build import utc_now
+from ..container.schema import Lineage, LineageRecord, ParentRef
+from ..container.urls import is_url
 from .db import CatalogueError, Db, db_path, opened, write_txn
 
 def normalize_location(location: str | os.PathLike) -> str:
@@ -49,8 +49,8 @@ class Entry:
 
 def read_entry(location: str | os.PathLike) -> Entry:
     """Open a file (path or URL) and read its manifest and lineage block only, never tensors."""
-    from .. import open_checkpoint
-    from ..lineage_view import check_lineage
+    from ..reader import open_checkpoint
+    from ..lineage.view import check_lineage
 
     loc = normalize_location(location)
     with open_checkpoint(loc) as ck:

@@ -13,7 +13,7 @@ import click
 
 from .. import catalogue as cat
 from ..errors import one_line
-from ..lineage_view import short_cid, short_date, short_uuid
+from ..lineage.view import short_cid, short_date, short_uuid
 from ..summary import human_size as summary_size
 from .main import cli, emit_json
 

@@ -64,7 +64,7 @@ def demo(folder: str | None, out_dir: str, channels: int, layers: int) -> None:
     convert a legacy pickle and a Lightning checkpoint; make the inference file on demand; split a
     fine-tune into a LoRA adapter, merge it back and diff; pretrain a base, fine-tune it with LoRA
     and with freeze, merge, convert, and show the lineage and the losses."""
-    from ..demo_run import run_demo
+    from ..demo.run import run_demo
 
     if not run_demo(folder or out_dir, channels=channels, layers=layers, echo=click.echo):
         raise SystemExit(1)
@@ -77,7 +77,7 @@ def scan(file: str, as_json: bool) -> None:
     """List the globals a pickled torch checkpoint references, and which would run code.
 
     Reads the pickle with the restricted unpickler: nothing in FILE is imported or executed."""
-    from ..download import localized
+    from ..remote.download import localized
     from ..legacy.scan import scan as scan_file
 
     with localized(file) as local:  # a URL: a pickle is only ever read from a local copy
@@ -198,8 +198,8 @@ def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], stri
     Reads only FILE's manifest and lineage.json, never its tensors (for a URL: a few kilobytes).
     With --verify, exit 1 when an ancestor found differs from its record (or, with --strict, is
     missing)."""
-    from ..lineage_verify import report_lines, verify_lineage
-    from ..lineage_view import RENDERERS, check_lineage
+    from ..lineage.verify import report_lines, verify_lineage
+    from ..lineage.view import RENDERERS, check_lineage
 
     if check and not search_dirs:
         raise click.UsageError("--verify needs at least one --search DIR")

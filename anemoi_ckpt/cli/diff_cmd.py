@@ -81,7 +81,7 @@ def diff_cmd(a: str, b: str, as_json: bool, atol: float, rtol: float, sections: 
 
     Exit 0 when identical (within --atol/--rtol), 1 when they differ, 2 on trouble (like cmp).
     Tensors with equal digests are never read."""
-    from ..diff import diff
+    from ..compare.diff import diff
     from ..errors import AncError
 
     try:

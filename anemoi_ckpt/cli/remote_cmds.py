@@ -24,7 +24,7 @@ def fetch_cmd(what: str, out: str, catalogue: str | None, register: bool, progre
     catalogue locations that answers, or a URL. Resumable: an interrupted transfer keeps its bytes
     in .NAME.part and the same command continues from there. The file is verified (every digest,
     and the uuid and content id the catalogue records) before it appears under its name."""
-    from ..fetch import fetch
+    from ..remote.fetch import fetch
 
     report = fetch(what, out, catalogue=catalogue, register=register, progress=progress)
     if as_json:

@@ -17,7 +17,7 @@ from .sources import Source
 
 
 def is_anc(path: str) -> bool:
-    from ..urls import is_remote
+    from ..container.urls import is_remote
 
     if is_remote(path):  # a URL: its zip directory names a manifest (kilobytes fetched)
         try:

@@ -16,9 +16,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FormatError, UsageError
-from ..download import check_remote_output, localized
+from ..remote.download import check_remote_output, localized
 from ..progress import Progress
-from ..urls import is_remote
+from ..container.urls import is_remote
 from .anc_source import check_not_same
 from .lineage_info import lineage_info
 from .plan import CAST_CODES, PlanError, build_plan, rename_in_document, select_sections
@@ -224,7 +224,7 @@ def _carried(source: Source, anemoi_md: dict[str, Any] | None) -> dict[str, Any]
     carried = dict(source.carried)
     if source.metadata_source is not None:
         member, raw = source.metadata_source
-        from ..sections import ANEMOI_FOLDER, ANEMOI_JSON
+        from ..container.sections import ANEMOI_FOLDER, ANEMOI_JSON
         if anemoi_md != source.anemoi_metadata or member != f"{ANEMOI_FOLDER}/{ANEMOI_JSON}":
             carried[member] = lambda raw=raw: raw
     return carried

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ..dtypes import ITEMSIZE, nbytes
+from ..container.dtypes import ITEMSIZE, nbytes
 from ..errors import FormatError
 from ..legacy.torchzip import TorchZipCheckpoint
 from .harvest import flat_state_dict

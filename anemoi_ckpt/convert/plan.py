@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dtypes import nbytes
+from ..container.dtypes import nbytes
 
 Spec = tuple[str, str, tuple[int, ...], int]  # (name, dtype code, shape, nbytes)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import ITEMSIZE, TORCH_NAME_TO_CODE as DTYPE_CODES, nbytes
+from ..container.dtypes import ITEMSIZE, TORCH_NAME_TO_CODE as DTYPE_CODES, nbytes
 from ..errors import FormatError, UsageError
 from ..legacy.standins import StandIn, TensorRef
 from ..legacy.torchzip import TorchZipCheckpoint, _is_legacy_torch

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from ..reader import open_checkpoint
-from ..mapped import map_base, page_releaser
+from ..container.mapped import map_base, page_releaser
 from .plan import WritePlan
 from .sources import Source
 
@@ -27,7 +27,7 @@ from .sources import Source
 def _cast(t: Any, code: str | None) -> Any:
     if code is None:
         return t
-    from ..dtypes import CODE_TO_TORCH
+    from ..container.dtypes import CODE_TO_TORCH
 
     return t.to(CODE_TO_TORCH[code])
 

@@ -14,7 +14,7 @@ import zipfile
 from typing import Any
 
 from ..errors import FormatError
-from ..zipread import read_directory
+from ..container.zipread import read_directory
 from .standins import StorageRef, TensorRef
 from .unpickler import GlobalUse, restricted_loads
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .demo import demo_anemoi_metadata, demo_graph, demo_state_dict
+from .data import demo_anemoi_metadata, demo_graph, demo_state_dict
 
 
 def lightning_checkpoint(path: Path, weights: dict[str, Any], md: dict[str, Any], arrays: dict[str, Any]) -> None:
@@ -47,7 +47,7 @@ def _append_anemoi_metadata(path: Path, md: dict[str, Any], arrays: dict[str, An
     import json
     import zipfile
 
-    from .anemoi_meta import arrays_paths, iter_arrays
+    from ..anemoi_meta import arrays_paths, iter_arrays
 
     with zipfile.ZipFile(path, "a") as zf:
         root = zf.namelist()[0].split("/")[0]
@@ -63,12 +63,12 @@ def run_demo(out_dir: str | Path, *, channels: int = 64, layers: int = 2,
     run the training story (:mod:`.demo_train`; skipped with one line without the trainer extra)."""
     import torch
 
-    from .convert import convert
-    from .legacy.scan import scan
-    from .lineage_view import render_tree
-    from .reader import open_checkpoint
-    from .summary import render, summarize
-    from .writer import save
+    from ..convert import convert
+    from ..legacy.scan import scan
+    from ..lineage.view import render_tree
+    from ..reader import open_checkpoint
+    from ..summary import render, summarize
+    from ..writer import save
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,10 +120,10 @@ def run_demo(out_dir: str | Path, *, channels: int = 64, layers: int = 2,
         ok &= len(ck.lineage.records) == 2
     ok &= _adapter_demo(out, path, weights, md, arrays, echo)
     if train:
-        from .demo_train import run_training_story
+        from .train import run_training_story
 
         ok &= run_training_story(out, echo, first_step=12) is not False
-    from .demo_catalogue import run_catalogue_story
+    from .catalogue import run_catalogue_story
 
     ok &= run_catalogue_story(out, echo)
     return bool(ok)
@@ -135,11 +135,11 @@ def _adapter_demo(out: Path, base: Path, weights: dict[str, Any], md: dict[str, 
     split into a small LoRA adapter, merged back, and diffed against the fine-tune."""
     import torch
 
-    from .adapters import merge, split
-    from .diff import diff
-    from .lineage_view import render_tree
-    from .reader import open_checkpoint
-    from .writer import save
+    from ..adapters import merge, split
+    from ..compare.diff import diff
+    from ..lineage.view import render_tree
+    from ..reader import open_checkpoint
+    from ..writer import save
 
     g = torch.Generator().manual_seed(7)
     tuned = dict(weights)

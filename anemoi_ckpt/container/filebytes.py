@@ -5,7 +5,7 @@
   ``MADV_RANDOM``: the kernel's default readahead would read megabytes around every small JSON
   member or header (``inspect`` and ``lineage`` must read almost nothing of a large file). Whole
   reads ask for their own ranges.
-- :class:`FetchedBytes`, a URL: ranges fetched through :class:`~anemoi_ckpt.rangefile.RangeFile`.
+- :class:`FetchedBytes`, a URL: ranges fetched through :class:`~anemoi_ckpt.container.rangefile.RangeFile`.
   Spans fetched ahead (a section for a model load, named tensors) are kept and served from
   memory.
 """

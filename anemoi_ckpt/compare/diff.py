@@ -19,11 +19,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from .anemoi_meta import flat_arrays
-from .diff_stats import MetaChange, ValueStats, compare_arrays, compare_tensors, json_diff
-from .errors import UsageError
-from .progress import Progress
-from .reader import Checkpoint, open_checkpoint
+from ..anemoi_meta import flat_arrays
+from .stats import MetaChange, ValueStats, compare_arrays, compare_tensors, json_diff
+from ..errors import UsageError
+from ..progress import Progress
+from ..reader import Checkpoint, open_checkpoint
 
 @dataclass
 class TensorChange:

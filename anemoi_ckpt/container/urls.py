@@ -1,7 +1,7 @@
 """Locations that are URLs: ``s3://``, ``http(s)://``, ``file://`` and any other fsspec protocol.
 
 A plain path (or ``file://``) is read through a private memory map; any other URL through
-:class:`~anemoi_ckpt.rangefile.RangeFile`, which fetches only the byte ranges asked for.
+:class:`~anemoi_ckpt.container.rangefile.RangeFile`, which fetches only the byte ranges asked for.
 Filesystem options come from fsspec's own configuration, e.g. ``FSSPEC_S3_ENDPOINT_URL`` or the
 usual ``AWS_*`` variables for S3, so nothing about credentials passes through anemoi-ckpt.
 """
@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import FormatError
+from ..errors import FormatError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 

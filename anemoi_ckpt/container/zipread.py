@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import FormatError
+from ..errors import FormatError
 
 #: Member path of the manifest, relative to the root folder (same as ``sections.MANIFEST_PATH``).
 _MANIFEST = "manifest.json"

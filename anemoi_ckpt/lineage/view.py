@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import FormatError, one_line
-from .schema import Lineage, LineageRecord, ParentRef
+from ..errors import FormatError, one_line
+from ..container.schema import Lineage, LineageRecord, ParentRef
 
 SECTION = "lineage.json"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
@@ -23,6 +24,10 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]
 _HIDDEN = {"source_sha256", "tool_version", "source_versions", "keep_layout"}
 _MAX_VALUE = 24
 _MAX_PARAMS = 4
+_MAX_ITEMS = 3  # items of a list shown before the count
+_MAX_ITEM = 16  # characters of one list item
+_DIGEST_HEX = 12  # hex digits kept of a digest, as git keeps of a commit
+_DIGEST = re.compile(r"(?:([A-Za-z][A-Za-z0-9_-]{0,15}):([0-9a-fA-F]{13,})|([0-9a-fA-F]{32,}))")
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -106,26 +111,100 @@ def short_date(created: str) -> str:
         return one_line(created[:16])
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, limit: int = _MAX_VALUE) -> str:
     text = one_line(str(value))
-    return text if len(text) <= _MAX_VALUE else text[:_MAX_VALUE - 3] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# The tree is read by people: a parameter line says what was done, not everything recorded
+# (``--format json`` keeps every value exactly). The functions below turn one JSON value into its
+# text on that line, or None to leave the parameter out.
+
+def format_float(x: float) -> str:
+    """``x`` to 4 significant digits, the precision a person compares losses and errors at
+    (``0.14319390058517456`` -> ``0.1432``); trailing zeros dropped, so values typed by hand stay
+    as typed (``0.5``, ``0.003``, ``1e-4``). Below 1e-3 and from 1e4 it is written with a short
+    exponent (``1e-4``, ``2.5e-5``, ``1.235e5``: no ``+`` or leading zero), as learning rates are
+    written. The text always parses back (``float``) to within half a unit of the 4th digit."""
+    if not math.isfinite(x):
+        return str(x)  # 'nan', 'inf', '-inf': float() reads them back
+    mantissa, exp_text = f"{x:.3e}".split("e")
+    exp = int(exp_text)  # the exponent after rounding to 4 digits (9999.7 -> 1.000e4)
+    if x == 0 or -3 <= exp < 4:
+        return f"{x:.4g}"  # fixed point for these exponents, trailing zeros dropped
+    text = f"{mantissa.rstrip('0').rstrip('.')}e{exp}"
+    if math.isinf(float(text)):  # rounding up past the largest float: keep every digit instead
+        return repr(x).replace("e+", "e")
+    return text
+
+
+def short_digest(text: str) -> str:
+    """A digest cut to ``<algorithm>:`` + 12 hex digits (``sha256:be7b1cdd2849``), or bare hex of
+    32 digits or more cut to 12: enough to tell files apart and to grep for in the JSON, which
+    keeps the full value. Any other text is returned unchanged."""
+    m = _DIGEST.fullmatch(text)
+    if m is None:
+        return text
+    if m.group(3) is not None:
+        return m.group(3)[:_DIGEST_HEX]
+    return f"{m.group(1)}:{m.group(2)[:_DIGEST_HEX]}"
+
+
+def format_list(items: list[Any] | tuple[Any, ...]) -> str | None:
+    """A list of scalars as ``[a,b,c]``; a longer one as its first three items and how many there
+    are (``[q,k,v,...9 items]``), so a list of module names does not fill the line. Empty: None
+    (nothing to say). A list holding documents, lists or nulls says only ``<n> items``."""
+    if not items:
+        return None
+    shown = [format_value(v) for v in items[:_MAX_ITEMS]]
+    if any(isinstance(v, (dict, list, tuple)) or v is None for v in items) or None in shown:
+        return f"{len(items)} item" + ("" if len(items) == 1 else "s")
+    body = ",".join(_short(v, _MAX_ITEM) for v in shown if v is not None)
+    return f"[{body}]" if len(items) <= _MAX_ITEMS else f"[{body},...{len(items)} items]"
+
+
+def format_value(value: Any) -> str | None:
+    """One parameter value as the tree shows it, or None to leave the parameter out: a null, an
+    empty string, list or document says nothing a person needs (``density=None rank=None`` was
+    noise). Booleans and integers as written, floats by :func:`format_float`, digests by
+    :func:`short_digest`, lists by :func:`format_list`; other strings escaped to one line and cut
+    at 24 characters. A nested document (a training config) is left out: it belongs to
+    ``--format json``."""
+    if value is None or isinstance(value, dict) or value == "":
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_float(value)
+    if isinstance(value, (list, tuple)):
+        return format_list(value)
+    return _short(short_digest(str(value)))
 
 
 def summarize_parameters(rec: LineageRecord) -> str:
-    """A few key parameters, e.g. ``source=last.ckpt source_format=lightning steps=2``."""
+    """A few key parameters, e.g. ``source=last.ckpt source_format=lightning steps=2``: the ones
+    an operation is known by first, then the others in order, each by :func:`format_value` (those
+    it leaves out do not count towards the four shown)."""
     params = rec.parameters
-    items: list[tuple[str, Any]] = []
+    first: list[str] = []
     if rec.operation == "convert":
-        items = [(k, params[k]) for k in ("source", "source_format", "dtype") if k in params]
-        if isinstance(params.get("steps"), list):
-            items.append(("steps", len(params["steps"])))
-    elif rec.operation == "merge" and "method" in params:
-        items = [("method", params["method"])]
-    shown = {k for k, _ in items}
-    for k, v in params.items():
-        if k not in shown and k not in _HIDDEN and (v is None or isinstance(v, (str, int, float, bool))):
-            items.append((k, v))
-    return " ".join(f"{_short(k)}={_short(v)}" for k, v in items[:_MAX_PARAMS])
+        first = ["source", "source_format", "dtype", "steps"]
+    elif rec.operation == "merge":
+        first = ["method"]
+    items: list[tuple[str, str]] = []
+    for k in [*(k for k in first if k in params), *(k for k in params if k not in first)]:
+        v = params[k]
+        if k in _HIDDEN:
+            continue
+        if rec.operation == "convert" and k == "steps" and isinstance(v, list):
+            text: str | None = str(len(v))  # how many translation steps ran, 0 included
+        else:
+            text = format_value(v)
+        if text is not None:
+            items.append((k, text))
+    return " ".join(f"{_short(k)}={v}" for k, v in items[:_MAX_PARAMS])
 
 
 def describe(rec: LineageRecord) -> str:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 
 def run_catalogue_story(out: Path, echo: Callable[[str], None] = print) -> bool:
-    from . import catalogue as cat
-    from .download import as_url
-    from .fetch import fetch
-    from .lineage_view import render_tree
+    from .. import catalogue as cat
+    from ..remote.download import as_url
+    from ..remote.fetch import fetch
+    from ..lineage.view import render_tree
 
     db = out / "catalogue.db"
     for suffix in ("", "-wal", "-shm"):  # a fresh catalogue on every run of the demo

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import AncError, one_line
-from .progress import Progress
-from .schema import Lineage, LineageRecord
-from .lineage_view import by_uuid, short_uuid
+from ..errors import AncError, one_line
+from ..progress import Progress
+from ..container.schema import Lineage, LineageRecord
+from .view import by_uuid, short_uuid
 
 #: Extensions of legacy (pickled or safetensors) checkpoints a convert may have read; a file with
 #: the recorded source name is a candidate whatever its extension.
@@ -130,7 +130,7 @@ def _file_sha256(path: str, progress: bool | None) -> str:
 
 def _check_anc(path: str, expected: str | None, progress: bool | None) -> str | None:
     """None when ``path`` is intact and has the expected content id, else why not."""
-    from .reader import open_checkpoint
+    from ..reader import open_checkpoint
 
     with open_checkpoint(path) as ck:
         if expected is not None and ck.content_id != expected:
@@ -155,7 +155,7 @@ def verify_lineage(lineage: Lineage, search_dirs: Iterable[str | os.PathLike],
     for path in files:
         if path.endswith(".anc"):
             try:
-                from .reader import open_checkpoint
+                from ..reader import open_checkpoint
 
                 with open_checkpoint(path) as ck:  # the manifest only
                     by_id.setdefault(ck.uuid, []).append(path)

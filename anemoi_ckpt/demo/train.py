@@ -106,14 +106,14 @@ def run_training_story(out: Path, echo: Callable[[str], None] = print, *, first_
 
 
 def _story(out: Path, echo: Callable[[str], None], first_step: int) -> bool:
-    from .adapters import merge
-    from .builders import model_from_checkpoint
-    from .convert import convert
-    from .lineage_view import render_tree
-    from .reader import open_checkpoint
-    from .trainer.config import load_config
-    from .trainer.data import SyntheticWeather
-    from .trainer.run import VAL_SEED_OFFSET, evaluate, train
+    from ..adapters import merge
+    from ..builders import model_from_checkpoint
+    from ..convert import convert
+    from ..lineage.view import render_tree
+    from ..reader import open_checkpoint
+    from ..trainer.config import load_config
+    from ..trainer.data import SyntheticWeather
+    from ..trainer.run import VAL_SEED_OFFSET, evaluate, train
 
     work = out / "train"
     work.mkdir(parents=True, exist_ok=True)

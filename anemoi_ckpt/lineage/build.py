@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import __version__
-from .errors import FormatError
-from .schema import Kind, Lineage, LineageRecord, ParentRef, Tool
+from .. import __version__
+from ..errors import FormatError
+from ..container.schema import Kind, Lineage, LineageRecord, ParentRef, Tool
 
 
 def utc_now() -> str:
@@ -22,7 +22,7 @@ def utc_now() -> str:
 
 
 def _resolve(parent: Any) -> tuple[ParentRef, list[LineageRecord]]:
-    from .reader import Checkpoint, open_checkpoint
+    from ..reader import Checkpoint, open_checkpoint
 
     if isinstance(parent, ParentRef):
         return parent, []

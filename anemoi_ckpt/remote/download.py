@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-from .errors import AncError, FormatError, IntegrityError, UsageError
-from .progress import Progress
-from .rangefile import CHUNK, RangeFile
-from .urls import basename, is_remote, local_path
+from ..errors import AncError, FormatError, IntegrityError, UsageError
+from ..progress import Progress
+from ..container.rangefile import CHUNK, RangeFile
+from ..container.urls import basename, is_remote, local_path
 
 #: Chunks in flight at once (each ``rangefile.CHUNK`` bytes).
 IN_FLIGHT = 4
@@ -57,7 +57,7 @@ def as_url(location: str) -> str:
 
 def _same_checkpoint(path: str, uuid: str | None, content_id: str | None) -> tuple[str, str] | None:
     """(uuid, content id) of an intact ``.anc`` at ``path`` matching the expectation, else None."""
-    from .reader import open_checkpoint
+    from ..reader import open_checkpoint
 
     try:
         with open_checkpoint(path) as ck:
@@ -150,7 +150,7 @@ def _resumable_length(part: str, meta_path: str, meta: dict) -> int:
 
 
 def _check_identity(source: str, uuid: str | None, content_id: str | None) -> None:
-    from .reader import open_checkpoint
+    from ..reader import open_checkpoint
 
     with open_checkpoint(source) as ck:
         _compare(source, ck.uuid, ck.content_id, uuid, content_id)
@@ -166,7 +166,7 @@ def _compare(source: str, got_uuid: str, got_cid: str, uuid: str | None, content
 
 
 def _verify_part(part: str, source: str, uuid: str | None, content_id: str | None) -> tuple[str, str]:
-    from .reader import open_checkpoint
+    from ..reader import open_checkpoint
 
     try:
         with open_checkpoint(part) as ck:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .errors import FormatError, IntegrityError
+from ..errors import FormatError, IntegrityError
 from .urls import describe_error, filesystem
 
 #: Smallest fetch for a cached read: a zip local header, a safetensors length prefix or a small

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 
 from .download import DownloadReport, TransferInterrupted, download
-from .errors import AncError, FormatError, UsageError, one_line
-from .urls import is_url
+from ..errors import AncError, FormatError, UsageError, one_line
+from ..container.urls import is_url
 
 UUID_REF = "uuid:"
 
@@ -31,7 +31,7 @@ class Copy:
 
 def copies(catalogue: str | os.PathLike, uuid: str) -> Copy:
     """The registered checkpoint ``uuid`` (a unique prefix is enough) and its locations."""
-    from .catalogue.query import locate, show
+    from ..catalogue.query import locate, show
 
     info = show(catalogue, uuid)
     if not info.get("registered", True):
@@ -46,8 +46,8 @@ def resolve_ref(ref: str, catalogue: str | os.PathLike | None) -> str:
     checkpoint (same uuid and content id)."""
     if not is_uuid_ref(ref):
         return ref
-    from .catalogue.db import default_path
-    from .reader import open_checkpoint
+    from ..catalogue.db import default_path
+    from ..reader import open_checkpoint
 
     db = os.fspath(catalogue) if catalogue is not None else default_path()
     found = copies(db, ref[len(UUID_REF):])
@@ -70,7 +70,7 @@ def fetch(what: str, out: str | os.PathLike, *, catalogue: str | os.PathLike | N
     """Download ``what`` into ``out`` (a folder, or a file path): a URL or path as is, or a uuid
     (or ``uuid:<uuid>``, or a unique prefix) through the catalogue, trying its locations in
     order. ``register`` adds the downloaded file to the catalogue as another location."""
-    from .catalogue.db import default_path
+    from ..catalogue.db import default_path
 
     db = os.fspath(catalogue) if catalogue is not None else default_path()
     ref = what[len(UUID_REF):] if is_uuid_ref(what) else what
@@ -98,7 +98,7 @@ def fetch(what: str, out: str | os.PathLike, *, catalogue: str | os.PathLike | N
             raise FormatError(db, one_line(f"no copy of {found.uuid} could be fetched "
                                            f"({'; '.join(errors) or 'no locations registered'})"))
     if register:
-        from .catalogue.register import register as register_files
+        from ..catalogue.register import register as register_files
 
         register_files(db, [report.path])
     return report
