@@ -11,6 +11,13 @@ Pure functions over the config dict (no torch, no I/O). The rules mirror peft 0.
 
 Features whose merge differs from ``W + scale * B @ A`` (or the DoRA form) and that are not
 handled here are refused by :func:`check_config`, never silently merged wrong (peft#3761).
+
+Every number the config feeds into the arithmetic is checked before use (:func:`check_config`,
+:func:`rank_alpha`): ``r`` and ``rank_pattern`` values are integers in ``[1, MAX_RANK]``;
+``lora_alpha`` and ``alpha_pattern`` values are finite numbers in ``(0, MAX_ALPHA]`` (JSON's
+``NaN``, ``Infinity`` and ``1e999`` are refused, as are booleans and strings); the flags that
+select a formula (``use_rslora``, ``use_dora``, ``fan_in_fan_out``, ``lora_bias``) are booleans
+(a string ``"false"`` would be truthy). Each refusal is one line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -36,6 +43,13 @@ _UNSUPPORTED = {
     "target_parameters": "LoRA on nn.Parameter (target_parameters)",
     "megatron_config": "Megatron layers",
 }
+#: Largest rank accepted (a LoRA rank is far below any weight dimension; PEFT uses 4 to 256).
+MAX_RANK = 1 << 20
+#: Largest lora_alpha accepted: PEFT's are 1 to a few hundred; beyond this the scale times any
+#: trained B@A leaves fp16/bf16 (and soon fp32) range, so the merge could only write inf/NaN.
+MAX_ALPHA = 1e6
+#: Flags that choose the merge formula: must be JSON booleans (or absent / null).
+_FLAGS = ("use_rslora", "use_dora", "fan_in_fan_out", "lora_bias")
 #: init_lora_weights values that rewrite the base weights at initialisation: the adapter is only
 #: valid on that rewritten base unless it was saved with path_initial_model_for_weight_conversion.
 _MUTATING_INIT = ("pissa", "olora", "corda", "loftq", "lora_ga")
@@ -69,14 +83,49 @@ def check_config(cfg: Mapping[str, Any], file: str = "") -> None:
         raise FormatError(file, f"adapter_config.json: init_lora_weights={cfg.get('init_lora_weights')!r} "
                           "changed the base weights at initialisation",
                           "save the adapter with path_initial_model_for_weight_conversion first")
-    for key in ("r", "lora_alpha"):
+    for key in _FLAGS:
         value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise FormatError(file, f"adapter_config.json: {key} must be a positive number, not {value!r}")
-    for key in ("rank_pattern", "alpha_pattern"):
+        if value is not None and not isinstance(value, bool):
+            raise FormatError(file, f"adapter_config.json: {key} must be true or false, not {_show(value)}")
+    check_rank(cfg.get("r"), "r", file)
+    check_alpha(cfg.get("lora_alpha"), "lora_alpha", file)
+    for key, check in (("rank_pattern", check_rank), ("alpha_pattern", check_alpha)):
         value = cfg.get(key) or {}
         if not isinstance(value, dict):
             raise FormatError(file, f"adapter_config.json: {key} must be an object")
+        for pattern, v in value.items():
+            check(v, f"{key}[{pattern!r}]", file)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_rank(value: Any, key: str, file: str = "") -> int:
+    """``value`` as a LoRA rank: an integer in ``[1, MAX_RANK]``, else a one-line FormatError
+    naming ``file`` and ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RANK:
+        raise FormatError(file, f"adapter_config.json: {key} must be an integer from 1 to {MAX_RANK}, "
+                          f"not {_show(value)}")
+    return value
+
+
+def check_alpha(value: Any, key: str, file: str = "") -> float:
+    """``value`` as a LoRA alpha: a finite number in ``(0, MAX_ALPHA]``, else a one-line
+    FormatError naming ``file`` and ``key``."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok:
+        try:
+            f = float(value)  # an int beyond float range raises OverflowError
+        except OverflowError:
+            ok = False
+        else:
+            ok = math.isfinite(f) and 0 < f <= MAX_ALPHA
+    if not ok:
+        raise FormatError(file, f"adapter_config.json: {key} must be a finite number in (0, {MAX_ALPHA:g}], "
+                          f"not {_show(value)}")
+    return float(value)
 
 
 def rank_alpha(cfg: Mapping[str, Any], module: str, file: str = "") -> tuple[int, float]:
@@ -85,18 +134,18 @@ def rank_alpha(cfg: Mapping[str, Any], module: str, file: str = "") -> tuple[int
     alphas: dict[str, Any] = cfg.get("alpha_pattern") or {}
     r = ranks.get(pattern_key(ranks, module, file), cfg["r"])
     alpha = alphas.get(pattern_key(alphas, module, file), cfg["lora_alpha"])
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise FormatError(file, f"adapter_config.json: rank {r!r} for {module} is not a positive integer")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise FormatError(file, f"adapter_config.json: alpha {alpha!r} for {module} is not a number")
-    return r, float(alpha)
+    r = check_rank(r, f"rank for {module}", file)
+    return r, check_alpha(alpha, f"lora_alpha for {module}", file)
 
 
 def lora_scale(cfg: Mapping[str, Any], module: str, file: str = "") -> float:
     """``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora`` (rsLoRA keeps the update's size
     independent of the rank)."""
     r, alpha = rank_alpha(cfg, module, file)
-    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    if not (math.isfinite(scale) and scale > 0):  # cannot happen after the checks; kept as a guard
+        raise FormatError(file, f"adapter_config.json: scale {scale!r} for {module} is not a positive finite number")
+    return scale
 
 
 def fan_in_fan_out(cfg: Mapping[str, Any]) -> bool:

@@ -28,11 +28,22 @@ order from the one generator the caller seeds, so a result can be recomputed exa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 Tensor = torch.Tensor
+
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def f32_scalar(x: float) -> float:
+    """``x`` as an fp32 scalar factor: beyond fp32 range it is the infinity it rounds to (torch
+    raises on such a Python float as ``alpha``); the merge then refuses the non-finite result."""
+    x = float(x)
+    return math.copysign(math.inf, x) if math.isfinite(x) and abs(x) > _F32_MAX else x
 
 
 def lora_delta(A: Tensor, B: Tensor, scale: float, fan_in_fan_out: bool = False) -> Tensor:
@@ -68,8 +79,17 @@ def dora_delta(W: Tensor, delta: Tensor, magnitude: Tensor, transposed: bool = F
 
 # --- building blocks of TIES and DARE ---------------------------------------------------------
 
+def _density(density: float) -> float:
+    """``density`` if it is a number in (0, 1] (NaN and infinities are not), else ValueError:
+    callers (``merge``) check it first and say which option was wrong."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], not {density!r}")
+    return float(density)
+
+
 def magnitude_trim(delta: Tensor, density: float) -> Tensor:
     """Keep the ``int(density · numel)`` entries of largest magnitude, zero the rest."""
+    density = _density(density)
     k = int(density * delta.numel())
     if k >= delta.numel():
         return delta
@@ -82,6 +102,7 @@ def magnitude_trim(delta: Tensor, density: float) -> Tensor:
 def dare_drop(delta: Tensor, density: float, generator: torch.Generator | None) -> Tensor:
     """DARE: drop each entry with probability ``p = 1 - density`` (keep where
     ``rand < density``) and rescale the survivors by ``1 / (1 - p)``."""
+    density = _density(density)
     keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
     return torch.where(keep, delta / density, torch.zeros_like(delta))
 
@@ -105,7 +126,7 @@ def linear(deltas: Iterable[Tensor], weights: Sequence[float], **_: object) -> T
     """``Σ w_i δ_i``, accumulated in place (one delta alive at a time when given lazily)."""
     out: Tensor | None = None
     for d, w in zip(deltas, weights):
-        out = d * w if out is None else out.add_(d, alpha=w)
+        out = d * f32_scalar(w) if out is None else out.add_(d, alpha=f32_scalar(w))
     assert out is not None, "no delta to combine"
     return out
 

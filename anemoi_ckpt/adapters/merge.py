@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -77,22 +78,70 @@ def _check_options(method: str, n: int, weights: Sequence[float] | None, density
                    rank: int | None) -> list[float]:
     if method not in maths.COMBINE:
         raise UsageError(None, f"unknown merge method {method!r}", f"one of {', '.join(maths.COMBINE)}")
+    if weights is not None and not all(_real(x) for x in weights):
+        raise UsageError(None, f"weights must be finite numbers, not {list(weights)!r}"[:300])
     w = [1.0] * n if weights is None else [float(x) for x in weights]
     if not all(math.isfinite(x) for x in w):
         raise UsageError(None, f"weights must be finite numbers, not {w}")
     if len(w) != n:
         raise UsageError(None, f"{len(w)} weights for {n} adapters", "give one weight per adapter")
     if method in maths.NEEDS_DENSITY:
-        if density is None or not 0 < density <= 1:
+        if not _real(density) or not 0 < density <= 1:  # type: ignore[operator]
             raise UsageError(None, f"method {method} needs a density in (0, 1], not {density}")
     elif density is not None:
         raise UsageError(None, f"--density applies to ties, dare_linear and dare_ties, not {method}")
     if method == "svd":
-        if rank is None or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise UsageError(None, "method svd needs a rank >= 1 (--rank)")
     elif rank is not None:
         raise UsageError(None, f"--rank applies to method svd, not {method}")
     return w
+
+
+def _real(x: object) -> bool:
+    """A real number float() takes without overflow (not a bool, string or None)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return False
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(None, f"seed must be an integer, not {seed!r}"[:300])
+    return seed
+
+
+#: Elements checked at a time for non-finite values (a bounded temporary: 4 Mi booleans).
+_FINITE_CHUNK = 1 << 22
+
+
+def _first_new_nonfinite(before: torch.Tensor | None, after: torch.Tensor) -> int | None:
+    """Flat index of the first element of ``after`` that is not finite where ``before`` is (every
+    element when ``before`` is None), or None. Chunked, so the temporaries stay a few MiB
+    whatever the tensor size."""
+    if not (after.is_floating_point() or after.is_complex()):
+        return None
+    a = after.reshape(-1)
+    b = None if before is None or not (before.is_floating_point() or before.is_complex()) \
+        else before.reshape(-1)
+    for start in range(0, a.numel(), _FINITE_CHUNK):
+        bad = ~torch.isfinite(a[start:start + _FINITE_CHUNK])
+        if b is not None:
+            bad &= torch.isfinite(b[start:start + _FINITE_CHUNK])
+        hit = torch.nonzero(bad)
+        if hit.numel():
+            return start + int(hit[0, 0])
+    return None
+
+
+def _check_finite(t: torch.Tensor, file: str, what: str) -> None:
+    """Refuse an adapter tensor holding NaN or infinity (one line naming file and tensor)."""
+    if _first_new_nonfinite(None, t) is not None:
+        raise FormatError(file, f"{what} holds non-finite values (NaN or infinity)")
 
 
 def _shape(base: Checkpoint, name: str) -> tuple[int, ...]:
@@ -132,6 +181,8 @@ def _plan_lora(base: Checkpoint, ad: Adapter, i: int, plan: _Plan) -> list[str]:
         if A.shape[0] != r or B.shape[1] != r:
             raise FormatError(file, f"module {mk.module!r}: LoRA tensors have rank {A.shape[0]}, "
                               f"adapter_config.json says {r}")
+        for part, t in p.items():
+            _check_finite(t, file, f"module {mk.module!r}: {part}")
         name = _target(base, ad, base_tensor_name(mk.module), "module")
         if mk.embedding:
             shape, transposed = (A.shape[1], B.shape[0]), True
@@ -197,7 +248,7 @@ def _merged(W: torch.Tensor, name: str, plan: _Plan, w: list[float], method: str
     if name in plan.replace:
         i, R = plan.replace[name]
         R32 = R.to(torch.float32)
-        W32 = R32 if w[i] == 1.0 else W32 + w[i] * (R32 - W32)
+        W32 = R32 if w[i] == 1.0 else W32 + maths.f32_scalar(w[i]) * (R32 - W32)
     changes = plan.deltas.get(name)
     if changes and method == "linear" and all(hasattr(fn, "lora") for _, fn in changes):
         # W + Σ wᵢ·sᵢ·(Bᵢ@Aᵢ) as fused multiply-adds into one fp32 copy of W: no full-size
@@ -209,10 +260,11 @@ def _merged(W: torch.Tensor, name: str, plan: _Plan, w: list[float], method: str
         for i, fn in changes:
             A, B, s, fifo = fn.lora
             A32, B32 = A.to(torch.float32), B.to(torch.float32)
+            c = maths.f32_scalar(w[i] * s)
             if fifo:
-                out.addmm_(A32.T, B32.T, alpha=w[i] * s)
+                out.addmm_(A32.T, B32.T, alpha=c)
             else:
-                out.addmm_(B32, A32, alpha=w[i] * s)
+                out.addmm_(B32, A32, alpha=c)
         return out.to(W.dtype)
     if changes:
         gen = None
@@ -269,6 +321,7 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
             _attach_delta_section(ck, found)
             ads.extend(found)
         w = _check_options(method, len(ads), weights, density, rank)
+        seed = _check_seed(seed)
         forced = []
         for ad in ads:
             if ad.base_content_id != base_ck.content_id:
@@ -292,6 +345,22 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
         return _write(base_ck, files, ads, plan, dst, w, method, density, seed, rank, forced,
                       durable, progress, release_pages=not isinstance(base, Checkpoint))
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def _check_result(W: torch.Tensor, t: torch.Tensor, name: str, plan: _Plan, ads: list[Adapter],
+                  w: list[float]) -> None:
+    """Refuse (before the output is committed) a merged tensor that is non-finite where the base
+    was finite: an absurd scale or weight, an overflow of the base dtype, a DoRA norm of zero."""
+    at = _first_new_nonfinite(W, t)
+    if at is None:
+        return
+    who = sorted({i for i, _ in plan.deltas.get(name, [])}
+                 | ({plan.replace[name][0]} if name in plan.replace else set()))
+    names = ", ".join(f"{ads[i].name!r} (weight {w[i]:g})" for i in who)
+    raise FormatError(ads[who[0]].source[0] if who else None,
+                      f"merging {names} into {name!r} gives a non-finite value at element {at} "
+                      f"where the base is finite (dtype {str(t.dtype).replace('torch.', '')})",
+                      "check lora_alpha, the DoRA magnitudes and --weights; nothing was written")
 
 
 def _itemsize(code: str) -> int:
@@ -332,6 +401,7 @@ def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: 
             if name in plan.replace or name in plan.deltas:
                 into, give_back = pool.take(tuple(view.shape))
                 t = _merged(view, name, plan, w, method, density, rank, seed, into)
+                _check_result(view, t, name, plan, ads, w)
                 free = release(view)  # the base's pages are no longer needed once read
                 if free is not None:
                     free()

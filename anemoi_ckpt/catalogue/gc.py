@@ -3,18 +3,25 @@
 Kept: every checkpoint carrying a keep tag, and all its ancestors. Candidates: every other
 registered checkpoint. A file is deleted only after opening it and finding the same uuid and
 content id there: a path may have been overwritten by another checkpoint since it was registered.
+The object deleted is the object checked: a local entry is renamed aside and compared (device,
+inode, size, mtime) with the file that was opened before it is unlinked; a remote object is
+removed through the same filesystem object and path the reader used, if its version is
+unchanged. Locations whose form different parsers read differently (``::`` chains,
+``file://host/...``, ``%``/``?``/``#`` in ``file://`` URLs, relative paths) are left in place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import AncError, UsageError, one_line
 from .db import CatalogueError, Db, db_path, opened, write_txn
-from ..container.urls import filesystem, is_url
+from ..container.urls import ambiguous, local_path
 
 _KEEP = """
 WITH RECURSIVE keep(uuid) AS (
@@ -67,64 +74,137 @@ def gc_plan(db: Db, keep_tags: list[str] | tuple[str, ...]) -> list[dict[str, An
         return _plan(conn, list(keep_tags))
 
 
-def _not_ours(location: str, uuid: str, cid: str) -> dict[str, Any] | None:
-    """Why ``location`` must be left in place (a result to report), or None: it opens as the
-    checkpoint ``uuid`` with content id ``cid``."""
+def _skip(location: str, note: str, forget: bool = False) -> dict[str, Any]:
+    return {"location": location, "action": "skipped", "forget": forget, "note": note}
+
+
+def _checked(location: str, target: str, uuid: str, cid: str,
+             grab: Callable[[Any], Any]) -> tuple[dict[str, Any] | None, Any]:
+    """Open ``target`` (the resolved path or URL of ``location``) and check it is the checkpoint
+    ``uuid`` with content id ``cid``: (None, ``grab(ck)`` taken while it is open), or (why it
+    must be left in place, None)."""
     from ..reader import open_checkpoint
 
     try:
-        with open_checkpoint(location) as ck:
+        with open_checkpoint(target) as ck:
             found = (ck.uuid, ck.content_id)
+            got = grab(ck)
     except Exception as e:  # noqa: BLE001 - AncError, or a network error of any fsspec backend
         note = e.line() if isinstance(e, AncError) else f"{type(e).__name__}: {e}"
-        return {"location": location, "action": "skipped", "forget": False,
-                "note": f"cannot check it is this checkpoint, left in place: {note}"}
+        return _skip(location, f"cannot check it is this checkpoint, left in place: {note}"), None
     if found != (uuid, cid):
         # Overwritten by another checkpoint: not ours to delete, and our claim on it is stale.
-        return {"location": location, "action": "skipped", "forget": True,
-                "note": f"{location}: now holds another checkpoint ({found[0]}, {found[1]}), left in place"}
-    return None
+        return _skip(location, f"{location}: now holds another checkpoint ({found[0]}, {found[1]}), "
+                     "left in place", forget=True), None
+    return None, got
 
 
-def _remove_local(location: str, uuid: str, cid: str) -> dict[str, Any]:
-    if not os.path.lexists(location):
+def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remove_local(location: str, path: str, uuid: str, cid: str) -> dict[str, Any]:
+    """Delete the directory entry ``path`` only if the object it names is the very one that was
+    opened and checked: the entry is first renamed aside inside its directory (atomic, through
+    one open directory descriptor), then its inode, size and mtime are compared with those of
+    the checked file; a mismatch puts it back, never over a newer file."""
+    parent, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return _skip(location, f"{location}: not a file name, left in place")
+    try:
+        dfd = os.open(parent or os.sep, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
         return {"location": location, "action": "missing", "forget": True}
-    try:
-        before = os.stat(location)
     except OSError as e:
-        return {"location": location, "action": "skipped", "forget": False,
-                "note": f"cannot check it is this checkpoint, left in place: {location}: {e.strerror}"}
-    skip = _not_ours(location, uuid, cid)
-    if skip is not None:
-        return skip
+        return _skip(location, f"cannot check it is this checkpoint, left in place: {location}: {e.strerror}")
     try:
-        after = os.stat(location)
-    except OSError:
-        after = None
-    ident = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
-    if after is None or ident != (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns):
-        return {"location": location, "action": "skipped", "forget": False,
-                "note": f"{location}: changed while it was being checked, left in place"}
-    try:
-        os.remove(location)
-    except OSError as e:
-        return {"location": location, "action": "skipped", "forget": False,
-                "note": f"{location}: cannot delete ({e.strerror})"}
-    return {"location": location, "action": "deleted", "forget": True}
+        try:
+            entry = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return {"location": location, "action": "missing", "forget": True}
+        except OSError as e:
+            return _skip(location, f"cannot check it is this checkpoint, left in place: {location}: {e.strerror}")
+        skip, checked = _checked(location, path, uuid, cid, lambda ck: _ident(os.fstat(ck._fh.fileno())))
+        if skip is not None:
+            return skip
+        aside = f".{name[:200]}.gc-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as e:
+            return _skip(location, f"{location}: cannot delete ({e.strerror})")
+        try:
+            moved = os.stat(aside, dir_fd=dfd, follow_symlinks=False)
+            same = (moved.st_dev, moved.st_ino) == (entry.st_dev, entry.st_ino) \
+                and _ident(os.stat(aside, dir_fd=dfd)) == checked
+        except OSError:
+            same = False
+        if same:
+            try:
+                os.unlink(aside, dir_fd=dfd)
+            except OSError as e:
+                return _skip(location, f"{location}: cannot delete ({e.strerror}); it is now "
+                             f"{os.path.join(parent, aside)}")
+            return {"location": location, "action": "deleted", "forget": True}
+        try:  # put back what we moved, unless something new took its name meanwhile
+            os.link(aside, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+            os.unlink(aside, dir_fd=dfd)
+            note = f"{location}: changed while it was being checked, left in place"
+        except OSError:
+            note = (f"{location}: changed while it was being checked, left in place as "
+                    f"{os.path.join(parent, aside)}")
+        return _skip(location, note)
+    finally:
+        os.close(dfd)
+
+
+#: fsspec info() keys that change when an object is rewritten (per backend: s3, gcs, http, local)
+_VERSION_KEYS = ("size", "ETag", "etag", "mtime", "LastModified", "updated", "generation", "md5Hash")
+
+
+def _version(fs: Any, path: str) -> dict[str, Any]:
+    info = fs.info(path)
+    return {k: str(info[k]) for k in _VERSION_KEYS if k in info}
 
 
 def _remove_remote(location: str, uuid: str, cid: str) -> dict[str, Any]:
-    skip = _not_ours(location, uuid, cid)
+    """Delete through the very filesystem object and path the check read (the reader's
+    RangeFile), if the object's version (size, ETag, mtime) is still the one checked."""
+    def grab(ck: Any) -> tuple[Any, str, dict[str, Any]] | None:
+        if ck.remote is None:
+            return None
+        fs, path = ck.remote._fs, ck.remote._path
+        return fs, path, _version(fs, path)
+
+    skip, got = _checked(location, location, uuid, cid, grab)
     if skip is not None:
         return skip
+    if got is None:  # cannot happen: local forms are handled by _remove_local
+        return _skip(location, f"{location}: not a remote object, left in place")
+    fs, path, version = got
     try:
-        fs, path = filesystem(location)
+        if _version(fs, path) != version:
+            return _skip(location, f"{location}: changed while it was being checked, left in place")
         fs.rm(path)
     except Exception as e:  # noqa: BLE001 - AncError, or any fsspec backend's own errors
         why = e.what if isinstance(e, AncError) else f"{type(e).__name__}: {e}"
-        return {"location": location, "action": "skipped", "forget": False,
-                "note": f"{location}: cannot delete ({why})"}
+        return _skip(location, f"{location}: cannot delete ({why})")
     return {"location": location, "action": "deleted", "forget": True}
+
+
+def _remove(location: str, uuid: str, cid: str) -> dict[str, Any]:
+    """Check, then delete, one location: refused (left in place, kept in the catalogue) when its
+    form could name different objects for different parsers (:func:`ambiguous`); a path or a
+    ``file://`` URL through :func:`_remove_local`, any other URL through :func:`_remove_remote`."""
+    why = ambiguous(location)
+    if why is not None:
+        return _skip(location, f"{location}: ambiguous location ({why}), left in place",)
+    try:
+        path = local_path(location)
+    except AncError as e:
+        return _skip(location, f"{location}: ambiguous location ({e.what}), left in place")
+    if path is not None:
+        return _remove_local(location, path, uuid, cid)
+    return _remove_remote(location, uuid, cid)
 
 
 def _collect_one(conn: sqlite3.Connection, cand: dict[str, Any], keep_json: str) -> dict[str, Any]:
@@ -137,7 +217,7 @@ def _collect_one(conn: sqlite3.Connection, cand: dict[str, Any], keep_json: str)
                                                "ORDER BY added, location", (uuid,))]
         results = []
         for loc in locs:
-            r = (_remove_remote if is_url(loc) else _remove_local)(loc, uuid, cid)
+            r = _remove(loc, uuid, cid)
             if r.pop("forget"):
                 conn.execute("DELETE FROM locations WHERE uuid = ? AND location = ?", (uuid, loc))
             results.append(r)

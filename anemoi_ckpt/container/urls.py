@@ -45,6 +45,31 @@ def local_path(location: str | os.PathLike) -> str | None:
     return rest
 
 
+def ambiguous(location: str | os.PathLike) -> str | None:
+    """Why ``location`` may name different objects depending on who parses it, or None.
+
+    Used where a location is acted on, not just read (``catalogue gc`` deletes it): fsspec
+    chains ``a::b`` URLs, reads ``file://localhost/x`` as the relative path ``localhost/x``,
+    and URL parsers decode ``%xx`` and cut at ``?`` / ``#``, all of which :func:`local_path`
+    takes literally; a relative path depends on the working directory."""
+    text = os.fspath(location)
+    if not isinstance(text, str):
+        return "not a text location"
+    if "::" in text:
+        return "a chained URL ('::')"
+    if not is_url(text):
+        return None if os.path.isabs(text) else "a relative path (it depends on the working directory)"
+    if protocol(text) == "file":
+        rest = text[len("file://"):]
+        if not rest.startswith("/"):
+            return f"a file:// URL naming a host ({rest.split('/', 1)[0]!r})"
+        if rest.startswith("//"):
+            return "a file:// URL with an empty path segment after the host"
+        if any(c in rest for c in "%?#"):
+            return "a file:// URL holding '%', '?' or '#' (read literally here, decoded or cut by URL parsers)"
+    return None
+
+
 def is_remote(location: str | os.PathLike) -> bool:
     return local_path(location) is None
 
@@ -88,5 +113,7 @@ def describe_error(e: BaseException) -> str:
 def basename(location: str) -> str:
     """The last path component of a path or URL (query and fragment dropped)."""
     if is_url(location):
-        return os.path.basename(urlsplit(location).path.rstrip("/")) or "checkpoint.anc"
+        name = os.path.basename(urlsplit(location).path.rstrip("/"))
+        # "." or ".." would name a folder, not a file, when joined to an output folder
+        return name if name not in ("", ".", "..") else "checkpoint.anc"
     return os.path.basename(os.fspath(location).rstrip("/"))

@@ -2,7 +2,11 @@
 
 The bytes go to ``.<name>.part`` beside the target, in order, so a partial file is always a
 prefix of the source; ``.<name>.part.json`` records what is being fetched (the source, its size
-and, when known, the uuid and content id). A second run with the same source and size resumes
+and, when known, the uuid and content id). Neither is opened through a link: the partial file is
+created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` and reopened for a resume with ``O_NOFOLLOW``; a
+symbolic link, FIFO, hard-linked or foreign-owned file at either name is refused with one line;
+the record is written to a fresh temporary file renamed into place, read back at most 64 KiB,
+and trusted only when it is exactly this transfer's record. A second run with the same source and size resumes
 from the end of the partial file. When every byte is there, the file is opened and verified
 (every section digest and the content id recomputed, the uuid and content id compared with what
 was expected) *before* it is renamed to its name: a damaged or substituted download never appears
@@ -15,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -95,10 +100,11 @@ def download(source: str, dest: str | os.PathLike, *, uuid: str | None = None,
     remote = RangeFile(as_url(source))
     meta = {"source": source, "size": remote.size, "uuid": uuid, "content_id": content_id}
     start = _resumable_length(part, meta_path, meta)
-    with open(meta_path, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh)
+    _write_record(meta_path, meta)
+    out_fd = _open_part(part, start)
+    written = os.fstat(out_fd)
     fetched_before = remote.bytes_fetched  # the open read the tail; count only the body below
-    with open(part, "ab") as out, \
+    with os.fdopen(out_fd, "ab") as out, \
             Progress.for_bytes(remote.size, f"fetching {name}", progress) as bar:
         bar.update(start)
         try:
@@ -112,7 +118,7 @@ def download(source: str, dest: str | os.PathLike, *, uuid: str | None = None,
         os.fsync(out.fileno())
     transferred = remote.bytes_fetched - fetched_before
     remote.close()
-    got = _verify_part(part, source, uuid, content_id)
+    got = _verify_part(part, source, uuid, content_id, written)
     os.replace(part, dest)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(meta_path)
@@ -133,20 +139,126 @@ def _stream(remote: RangeFile, out: BinaryIO, pos: int, bar: Progress) -> None:
         out.flush()
 
 
-def _resumable_length(part: str, meta_path: str, meta: dict) -> int:
-    """Bytes of an earlier partial download of the same source to keep (0: start afresh)."""
+#: Largest ``.<name>.part.json`` read back (a record is about 300 bytes).
+MAX_RECORD = 64 << 10
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _planted(path: str, st: os.stat_result) -> str | None:
+    """Why the resume file ``path`` (lstat ``st``) is not one this user's fetch left, or None:
+    a symbolic link, FIFO or other non-regular file, a file with other hard links (appending
+    would change that other file), or one owned by another user."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_nlink != 1:
+        return f"has {st.st_nlink} hard links"
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        return f"belongs to another user (uid {st.st_uid})"
+    return None
+
+
+def _refuse_planted(path: str) -> os.stat_result | None:
+    """lstat of the resume file ``path`` (None when absent); a one-line UsageError when it is
+    not a file this fetch can use (:func:`_planted`): never followed, written or trusted."""
     try:
-        with open(meta_path, encoding="utf-8") as fh:
-            old = json.load(fh)
-        size = os.path.getsize(part)
-    except (OSError, ValueError):
-        old, size = None, 0
-    if old != meta or size > meta["size"]:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    why = _planted(path, st)
+    if why is not None:
+        raise UsageError(path, f"resume file {why}; not following or writing it",
+                         "remove it, then run fetch again")
+    return st
+
+
+def _read_record(meta_path: str) -> object:
+    """The resume record, read without following links and at most :data:`MAX_RECORD` bytes;
+    None when absent, unreadable or not JSON (the download then starts afresh)."""
+    if _refuse_planted(meta_path) is None:
+        return None
+    try:
+        fd = os.open(meta_path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD:
+            return None
+        raw = os.read(fd, MAX_RECORD + 1)
+    finally:
+        os.close(fd)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _valid_record(old: object, meta: dict) -> bool:
+    """``old`` is a resume record of exactly this transfer: the same keys and types, the same
+    source, size, uuid and content id."""
+    if not isinstance(old, dict) or set(old) != set(meta):
+        return False
+    if not isinstance(old["source"], str) or isinstance(old["size"], bool) or not isinstance(old["size"], int):
+        return False
+    if any(old[k] is not None and not isinstance(old[k], str) for k in ("uuid", "content_id")):
+        return False
+    return old == meta
+
+
+def _resumable_length(part: str, meta_path: str, meta: dict) -> int:
+    """Bytes of an earlier partial download of the same source to keep (0: start afresh).
+    A planted resume file (symbolic link, FIFO, hard link, another user's) is refused."""
+    st = _refuse_planted(part)
+    old = _read_record(meta_path)
+    size = st.st_size if st is not None else 0
+    if st is None or not _valid_record(old, meta) or size > meta["size"]:
         # Another source, or the source changed size: the bytes present are not a prefix of it.
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)
+            os.unlink(part)  # unlink removes the entry itself, never what a link points to
         return 0
     return size
+
+
+def _write_record(meta_path: str, meta: dict) -> None:
+    """Write the resume record to a fresh file (O_EXCL, no links followed) and rename it over
+    ``meta_path``: whatever was planted there is replaced, never written through."""
+    folder, name = os.path.split(meta_path)
+    fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh)
+        os.replace(tmp, meta_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _open_part(part: str, start: int) -> int:
+    """A descriptor appending to ``part``: created afresh (O_CREAT | O_EXCL | O_NOFOLLOW) when
+    ``start`` is 0, else reopened without following links and checked to be the regular file
+    of ``start`` bytes that was measured."""
+    flags = os.O_WRONLY | os.O_APPEND | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0)
+    try:
+        if start == 0:
+            fd = os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        else:
+            fd = os.open(part, flags)
+    except FileExistsError:
+        raise UsageError(part, "resume file appeared while the download started; not writing it",
+                         "remove it, then run fetch again") from None
+    except OSError as e:  # ELOOP: a link planted since it was checked
+        raise UsageError(part, f"cannot open the resume file without following links ({e.strerror})",
+                         "remove it, then run fetch again") from None
+    st = os.fstat(fd)
+    why = _planted(part, st) or (None if st.st_size == start else "changed size while the download started")
+    if why is not None:
+        os.close(fd)
+        raise UsageError(part, f"resume file {why}; not writing it", "remove it, then run fetch again")
+    return fd
 
 
 def _check_identity(source: str, uuid: str | None, content_id: str | None) -> None:
@@ -165,11 +277,22 @@ def _compare(source: str, got_uuid: str, got_cid: str, uuid: str | None, content
                              "the location holds other weights than the catalogue records")
 
 
-def _verify_part(part: str, source: str, uuid: str | None, content_id: str | None) -> tuple[str, str]:
+def _verify_part(part: str, source: str, uuid: str | None, content_id: str | None,
+                 written: os.stat_result) -> tuple[str, str]:
+    """Verify the downloaded bytes and check that ``part`` is still the very file written
+    (``written``: its fstat), so no other file can be verified and renamed into place."""
     from ..reader import open_checkpoint
 
+    st = os.lstat(part)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (written.st_dev, written.st_ino):
+        raise UsageError(part, "resume file was replaced during the download; not using it",
+                         "remove it, then run fetch again")
     try:
         with open_checkpoint(part) as ck:
+            opened = os.fstat(ck._fh.fileno())
+            if (opened.st_dev, opened.st_ino) != (written.st_dev, written.st_ino):
+                raise UsageError(part, "resume file was replaced during the download; not using it",
+                                 "remove it, then run fetch again")
             _compare(source, ck.uuid, ck.content_id, uuid, content_id)
             report = ck.verify(progress=False)
             if not report.ok:
