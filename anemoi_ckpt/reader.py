@@ -34,7 +34,8 @@ from .errors import FormatError, IntegrityError, UsageError, VersionError
 from .container.hashing import sha256_hex, tagged
 from .container.filebytes import FetchedBytes, MappedBytes
 from .container.rangefile import RangeFile
-from .container.schema import FORMAT_VERSION, SCHEMA_VERSION, Lineage, Manifest, Metadata, Section
+from .container.schema import (FORMAT_VERSION, MAX_JSON_DEPTH, SCHEMA_VERSION, Lineage, Manifest,
+                               Metadata, Section, json_depth)
 from .tensormap import TensorMapping
 from .container.urls import local_path
 from .container.zipread import Member, read_directory
@@ -105,10 +106,14 @@ class Checkpoint:
         obj = self._json(raw, S.MANIFEST_PATH)
         self._check_version(obj)
         self.manifest: Manifest = self._model(Manifest, obj, S.MANIFEST_PATH)
+        self._check_required_keys(obj)
         self._sections: dict[str, Section] = {}
+        listed: set[str] = set()
+        carried_names: set[str] = set()
         for sec in self.manifest.sections:
-            if sec.path in self._sections:
+            if sec.path in listed:
                 raise FormatError(self.path, "listed twice in the manifest", section=sec.path)
+            listed.add(sec.path)
             if sec.role not in S.ROLES:
                 if sec.required:
                     raise VersionError(self.path, f"required, with role {sec.role!r} unknown to "
@@ -117,6 +122,7 @@ class Checkpoint:
                 warnings.warn(f"{self.path}: ignoring optional section {sec.path} with unknown role "
                               f"{sec.role!r}", UnknownSectionWarning, stacklevel=4)
                 continue
+            self._check_section(sec, carried_names)
             member = self._members.get(sec.path)
             if member is None:
                 raise FormatError(self.path, "missing from the archive", section=sec.path)
@@ -128,6 +134,57 @@ class Checkpoint:
             if rel not in self._sections:
                 raise FormatError(self.path, "required, but not listed in the manifest", section=rel)
         self._tensor_cache: dict[str, TensorMapping] = {}
+
+    def _check_required_keys(self, obj: dict[str, Any]) -> None:
+        """Keys the models default for code that builds them, but that every file must carry
+        (docs/format.md 4.1; the published schema lists them as required)."""
+        for i, raw in enumerate(obj.get("sections") or []):
+            table = raw.get("tensors") if isinstance(raw, dict) else None
+            if isinstance(table, dict) and "aliases" not in table:
+                raise FormatError(self.path, f"invalid sections.{i}.tensors.aliases: Field required",
+                                  section=S.MANIFEST_PATH)
+
+    def _check_section(self, sec: Section, carried_names: set[str]) -> None:
+        """A section of known role: its ``role``, ``name`` and ``path`` agree (docs/format.md 4.1).
+
+        Tensor sections and documents are found by name and read by path; were the two allowed
+        to differ, a second section could stand in for one that is then never checked (``verify``
+        would hash the stand-in and call the file intact)."""
+        def fail(what: str) -> None:
+            raise FormatError(self.path, what, "the manifest was tampered with", section=sec.path)
+
+        role, name = sec.role, sec.name
+        fixed = {S.METADATA_PATH: "metadata", S.LINEAGE_PATH: "lineage", self._anemoi_rel_path: "anemoi-metadata"}
+        if sec.tensors is not None or role in S.TENSOR_ROLES:
+            if role not in S.TENSOR_ROLES:
+                fail(f"role {role!r} carries a tensors table")
+            if sec.tensors is None:
+                fail(f"tensor section (role {role!r}) without a tensors table")
+            if name is None or not S.valid_section_name(name):
+                fail(f"invalid tensor section name {name!r}")
+            if sec.path != S.tensor_section_path(name):
+                fail(f"name {name!r} and path disagree (a section named {name!r} is "
+                     f"{S.tensor_section_path(name)})")
+            if role != S.tensor_role(name):
+                fail(f"role {role!r} for the tensor section {name!r}, which has role {S.tensor_role(name)!r}")
+        elif role == "document":
+            if name is None or not S.valid_section_name(name):
+                fail(f"invalid document name {name!r}")
+            if sec.path != S.document_path(name):
+                fail(f"name {name!r} and path disagree (a document named {name!r} is "
+                     f"{S.document_path(name)})")
+        elif role == "carried":
+            if not name:
+                fail("carried section without a name (its path in the source)")
+            if name in carried_names:
+                fail(f"two carried sections claim the source member {name!r}")
+            carried_names.add(name)
+        elif role in fixed.values() and fixed.get(sec.path) != role:
+            path = next(p for p, r in fixed.items() if r == role)
+            fail(f"role {role!r} belongs to {path}")
+        expected = S.role_of_path(sec.path)
+        if expected is not None and expected != role:
+            fail(f"role {role!r}, but {sec.path} has role {expected!r}")
 
     def _check_version(self, obj: Any) -> None:
         if not isinstance(obj, dict) or obj.get("format") != "anemoi-ckpt":
@@ -176,9 +233,13 @@ class Checkpoint:
         self._check_open()
         return self._bytes.digest(start, n)
 
-    def _json(self, raw: bytes, label: str) -> Any:
+    def _json_value(self, raw: bytes, label: str) -> Any:
+        # Strict JSON (docs/format.md 4.2): NaN and Infinity only in anemoi.json, which anemoi
+        # writes with Python's json (7.1).
+        constant = None if label == self._anemoi_rel_path else _no_constant
         try:
-            return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+            return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
+                              parse_constant=constant)
         except _DuplicateKey as e:
             raise FormatError(self.path, f"duplicate JSON key {str(e)[:80]!r}",
                               "two parsers could read different values; the file was tampered with",
@@ -186,8 +247,18 @@ class Checkpoint:
         except UnicodeDecodeError as e:
             raise FormatError(self.path, f"not UTF-8 ({e.reason} at byte {e.start})",
                               section=label) from None
-        except (ValueError, RecursionError) as e:
+        except RecursionError:
+            raise FormatError(self.path, f"invalid JSON (nested deeper than {MAX_JSON_DEPTH} levels)",
+                              section=label) from None
+        except ValueError as e:
             raise FormatError(self.path, f"invalid JSON ({e})", section=label) from None
+
+    def _json(self, raw: bytes, label: str) -> Any:
+        obj = self._json_value(raw, label)
+        if json_depth(obj) > MAX_JSON_DEPTH:
+            raise FormatError(self.path, f"invalid JSON (nested deeper than {MAX_JSON_DEPTH} levels)",
+                              section=label)
+        return obj
 
     def _model(self, cls: type[BaseModel], obj: Any, label: str) -> Any:
         try:
@@ -245,16 +316,31 @@ class Checkpoint:
 
     @cached_property
     def lineage(self) -> Lineage:
-        return self._schema_doc(Lineage, S.LINEAGE_PATH)
+        """The lineage block; its records[0] is checked to describe this file (uuid, kind and
+        content id equal to the manifest's), so nothing reads another file's history as its own."""
+        block: Lineage = self._schema_doc(Lineage, S.LINEAGE_PATH)
+        if not block.records:
+            raise FormatError(self.path, "no records (records[0] must describe the file)",
+                              section=S.LINEAGE_PATH)
+        own = block.records[0]
+        for key, mine in (("uuid", self.uuid), ("kind", self.kind), ("content_id", self.content_id)):
+            theirs = getattr(own, key)
+            if theirs != mine:
+                raise FormatError(self.path, f"records[0] has {key} {str(theirs)[:80]}, the "
+                                  f"file's {key} is {mine}", "records[0] must describe this file",
+                                  section=S.LINEAGE_PATH)
+        return block
 
     def unlisted_members(self) -> list[str]:
         """Members in the archive that the manifest does not list (a writer lists every one)."""
         listed = {sec.path for sec in self.manifest.sections} | {S.MANIFEST_PATH}
         return [rel for rel in self._members if rel not in listed]
 
+    _anemoi_rel_path = f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}"
+
     @property
     def _anemoi_rel(self) -> str:
-        return f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}"
+        return self._anemoi_rel_path
 
     @cached_property
     def anemoi_metadata(self) -> dict[str, Any] | None:
@@ -403,6 +489,10 @@ class Checkpoint:
 
 class _DuplicateKey(ValueError):
     pass
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed here (strict JSON)")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

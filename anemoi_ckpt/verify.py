@@ -1,4 +1,5 @@
-"""``verify``: recompute every section digest and the content id, decode the JSON sections, and
+"""``verify``: recompute every section digest and the content id, decode the JSON sections
+(metadata, lineage, anemoi metadata and every document, under the reader's strict rules), and
 say exactly what is damaged.
 
 Tensor digests are computed in a thread pool over slices of the memory map (hashlib releases the
@@ -76,9 +77,12 @@ def verify(ck: "Checkpoint", *, progress: bool | None = None) -> VerifyReport:
                                                    member.data_offset + member.size))
                 if got != sec.digest:
                     res.ok, res.problem = False, "digest mismatch"
-                elif sec.role in _DECODE:
+                elif sec.role in _DECODE or sec.role == "document":
                     try:
-                        _DECODE[sec.role](ck)
+                        if sec.role == "document":  # this very member, decoded as the reader does:
+                            ck._checked_json(sec.path)  # strict JSON, duplicate keys refused
+                        else:
+                            _DECODE[sec.role](ck)
                     except AncError as e:
                         res.ok, res.problem = False, one_line(e.what)
                 bar.update(sec.size)
@@ -117,6 +121,6 @@ def verify(ck: "Checkpoint", *, progress: bool | None = None) -> VerifyReport:
     for rel in ck.unlisted_members():
         results.append(SectionResult(rel, "unlisted", False, "member not listed in the manifest"))
     content_id = hashing.content_id(weights_entries) if weights_entries is not None else ""
-    cid_ok = content_id == ck.content_id
+    cid_ok = bool(content_id) and content_id == ck.content_id  # an empty id never matches
     ok = cid_ok and all(r.ok for r in results)
     return VerifyReport(ck.path, ok, cid_ok, content_id, results)

@@ -18,6 +18,7 @@ from .container import hashing
 from .container import sections as S
 from .anemoi_meta import arrays_paths, iter_arrays
 from .container.atomic import atomic_output
+from .errors import FormatError
 from .lineage.build import build_lineage, resolve_parents, utc_now
 from .progress import Progress
 from .container.schema import FORMAT_VERSION, Kind, Manifest, Metadata, Producer, Section
@@ -39,6 +40,38 @@ def _root_name(path: str) -> str:
 def _json_bytes(obj: Any, *, allow_nan: bool = False) -> bytes:
     return json.dumps(obj, ensure_ascii=False, allow_nan=allow_nan, separators=(",", ":"),
                       sort_keys=False).encode("utf-8")
+
+
+class DocumentError(ValueError):
+    """A document that cannot be written as JSON the reader accepts (the reason, one line)."""
+
+
+def document_bytes(obj: Any) -> bytes:
+    """``obj`` as a document's bytes, proven readable: encoded as strict JSON (no NaN, UTF-8
+    without lone surrogates) and decoded back under the reader's rules (no duplicate key, at most
+    ``MAX_JSON_DEPTH`` levels), so nothing is written that ``Checkpoint.document`` would refuse.
+    Raises :class:`DocumentError` naming the problem."""
+    from .container.schema import MAX_JSON_DEPTH, json_depth
+    from .reader import _DuplicateKey, _unique_keys
+
+    try:
+        data = _json_bytes(obj)
+    except RecursionError:
+        raise DocumentError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, TypeError, UnicodeEncodeError) as e:  # NaN, a non-JSON type, a lone surrogate
+        raise DocumentError(f"not strict JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    try:
+        back = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise DocumentError(f"duplicate JSON key {str(e)[:80]!r} (keys that collide once written "
+                            "as JSON text)") from None
+    except RecursionError:
+        raise DocumentError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # e.g. an integer longer than the parser reads
+        raise DocumentError(f"not readable back ({str(e)[:120]})") from None
+    if json_depth(back) > MAX_JSON_DEPTH:
+        raise DocumentError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
 
 
 class Writer:
@@ -233,7 +266,11 @@ class Writer:
         rel = S.document_path(name)
         if any(sec.path == rel for sec in self._sections):
             raise ValueError(f"duplicate document {name!r}")
-        data = _json_bytes(obj)
+        try:
+            data = document_bytes(obj)  # never write what the reader would refuse
+        except DocumentError as e:
+            raise FormatError(self.path, f"document {name!r} cannot be written: {e}",
+                              section=rel) from None
         self._close_section()  # members are written one after the other
         self._zw.write_member(f"{self._root}/{rel}", data)
         self._sections.append(Section(path=rel, role="document", name=name, required=False,

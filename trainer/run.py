@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
     from .outputs import training_metadata, write_output
     from .sharding import gather_full_state, is_sharded, make_strategy
 
-    from anemoi_ckpt.fetch import resolve_ref
+    from anemoi_ckpt.remote.fetch import resolve_ref
 
     # uuid:<uuid> -> the first registered copy that opens as that checkpoint (a path or a URL):
     # a run forks or resumes on any system that can reach one copy, whatever its run id or path.

@@ -7,7 +7,7 @@ Every model allows extra keys, so a reader accepts files written by a later mino
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,11 +15,54 @@ FORMAT_NAME = "anemoi-ckpt"
 FORMAT_VERSION = "1.1"
 SCHEMA_VERSION = "1.0"
 
+#: ``sha256:`` and 64 lowercase hex digits: a member or section digest, a content id.
+TAGGED_SHA256 = r"^sha256:[0-9a-f]{64}$"
+#: 64 lowercase hex digits: a header or tensor digest.
+HEX_SHA256 = r"^[0-9a-f]{64}$"
+#: JSON members nested deeper than this many arrays and objects are refused (docs/format.md 4.2):
+#: a number every implementation can check, and far from where Python's own parser gives up.
+MAX_JSON_DEPTH = 512
+
+
+def json_depth(obj: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of a decoded JSON value (a scalar 0, ``[]`` or ``{}`` 1, ``[[1]]`` 2),
+    computed iteratively; stops counting once ``limit`` is exceeded (returns ``limit + 1``)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        depth += 1
+        if depth > limit:
+            return limit + 1
+        deepest = max(deepest, depth)
+        stack.extend((c, depth) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
 Kind = Literal["training", "inference", "adapter", "delta"]
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+def _require_in_schema(*keys: str) -> Any:
+    """A ``json_schema_extra`` hook listing ``keys`` as required in the published schema.
+
+    The keys keep a default for code that builds the model, but every file must carry them: the
+    reader checks their presence on the raw JSON (``reader.Checkpoint._open``), so the published
+    schema, docs/format.md 4.1 and the reader agree."""
+    def hook(schema: dict[str, Any]) -> None:
+        required = schema.setdefault("required", [])
+        required.extend(k for k in keys if k not in required)
+        for k in keys:
+            schema.get("properties", {}).get(k, {}).pop("default", None)
+    return hook
 
 
 class Producer(_Open):
@@ -30,12 +73,17 @@ class Producer(_Open):
 class TensorTable(_Open):
     """Index of a safetensors section, so a reader can check and address tensors by name."""
 
-    count: int = Field(description="Number of stored tensors (aliases excluded).")
-    header_digest: str = Field(description="sha256 of the member's first 8+N bytes (length prefix, "
+    model_config = ConfigDict(extra="allow", json_schema_extra=_require_in_schema("aliases"))
+
+    count: int = Field(ge=0, description="Number of stored tensors (aliases excluded).")
+    header_digest: str = Field(pattern=HEX_SHA256,
+                               description="sha256 of the member's first 8+N bytes (length prefix, "
                                            "JSON header and its padding).")
-    digests: dict[str, str] = Field(description="Stored tensor name -> sha256 hex of its bytes.")
+    digests: dict[str, Annotated[str, Field(pattern=HEX_SHA256)]] = Field(
+        description="Stored tensor name -> sha256 hex of its bytes, in payload order.")
     aliases: dict[str, str] = Field(default_factory=dict,
-                                    description="Alias name -> stored tensor name it shares storage with.")
+                                    description="Alias name -> stored tensor name it shares storage with "
+                                                "(required; {} when there is none).")
 
 
 class Section(_Open):
@@ -45,7 +93,8 @@ class Section(_Open):
     required: bool = Field(description="A reader that does not know `role` must refuse the file "
                                        "when true and may ignore the section when false.")
     size: int = Field(ge=0, description="Member size in bytes.")
-    digest: str = Field(description="'sha256:<hex>': sha256 of the member bytes, or for safetensors "
+    digest: str = Field(pattern=TAGGED_SHA256,
+                        description="'sha256:<hex>': sha256 of the member bytes, or for safetensors "
                                     "members the section digest of docs/format.md.")
     media_type: str = Field(description="application/vnd.safetensors, application/json, "
                                         "application/x-numpy-raw or application/msgpack.")
@@ -53,11 +102,15 @@ class Section(_Open):
 
 
 class Manifest(_Open):
-    format: Literal["anemoi-ckpt"] = FORMAT_NAME
+    model_config = ConfigDict(extra="allow", json_schema_extra=_require_in_schema("format"))
+
+    format: Literal["anemoi-ckpt"] = Field(default=FORMAT_NAME, description="Always 'anemoi-ckpt' "
+                                           "(required in a file).")
     format_version: str = Field(pattern=r"^\d+\.\d+$", description="major.minor of the container.")
     uuid: str = Field(description="This file's identity; new for every file written.")
     kind: Kind
-    content_id: str = Field(description="Hash of the logical weights (see docs/format.md); "
+    content_id: str = Field(pattern=TAGGED_SHA256,
+                            description="Hash of the logical weights (see docs/format.md); "
                                         "independent of metadata, uuid and tensor order.")
     created: str = Field(description="ISO 8601 UTC time of writing.")
     producer: Producer
@@ -112,21 +165,35 @@ class Lineage(_Open):
                                                      "its ancestors, each uuid once.")
 
     def depth(self) -> int:
-        """Length of the longest parent chain from this file (0 for a file with no parents)."""
-        by_uuid = {r.uuid: r for r in self.records}
+        """Length of the longest parent chain from this file (0 for a file with no parents).
+
+        Iterative (a lineage of 100,000 records must not hit the recursion limit); a parent link
+        that closes a cycle, or names a uuid without a record, counts as the end of its chain."""
+        if not self.records:
+            return 0
+        by_uuid: dict[str, LineageRecord] = {}
+        for r in self.records:
+            by_uuid.setdefault(r.uuid, r)
         memo: dict[str, int] = {}
-
-        def walk(uuid: str, seen: frozenset[str]) -> int:
-            if uuid in memo:
-                return memo[uuid]
-            rec = by_uuid.get(uuid)
-            if rec is None or uuid in seen:
-                return 0
-            d = max((1 + walk(p.uuid, seen | {uuid}) for p in rec.parents), default=0)
-            memo[uuid] = d
-            return d
-
-        return walk(self.records[0].uuid, frozenset()) if self.records else 0
+        on_stack: set[str] = set()
+        root = self.records[0].uuid
+        stack: list[tuple[str, int]] = [(root, 0)]  # (uuid, index of the next parent to visit)
+        on_stack.add(root)
+        while stack:
+            uuid, i = stack[-1]
+            parents = by_uuid[uuid].parents
+            if i < len(parents):
+                stack[-1] = (uuid, i + 1)
+                p = parents[i].uuid
+                if p in by_uuid and p not in memo and p not in on_stack:
+                    on_stack.add(p)
+                    stack.append((p, 0))
+                continue
+            # A parent without a record, or on the stack (a cycle), ends its chain: 1 + 0.
+            memo[uuid] = max((1 + memo.get(p.uuid, 0) for p in parents), default=0)
+            on_stack.discard(uuid)
+            stack.pop()
+        return memo[root]
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {"manifest": Manifest, "metadata": Metadata, "lineage": Lineage}

@@ -49,6 +49,9 @@ register(Role("carried", OCTET, "A member of the source file kept byte for byte 
 #: Tensor sections with a dedicated role; any other tensor section gets role "tensors".
 TENSOR_SECTION_ROLES = {"weights": "weights", "graph": "graph", "buffers": "buffers"}
 
+#: The roles of tensor sections (they carry a ``tensors`` table; ``name`` gives the path).
+TENSOR_ROLES = frozenset({"weights", "graph", "buffers", "tensors"})
+
 #: Member paths (relative to the root folder) of the fixed sections.
 MANIFEST_PATH = "manifest.json"
 METADATA_PATH = "metadata.json"
@@ -82,3 +85,17 @@ def valid_section_name(name: str) -> bool:
     """Tensor section names become member names: keep them to a safe, portable alphabet."""
     return bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) \
         and name.isascii()
+
+
+def role_of_path(path: str) -> str | None:
+    """The role a member path implies, or None when the path alone does not decide it: the fixed
+    JSON members, ``<name>.safetensors`` (a tensor section) and ``documents/<name>.json``."""
+    fixed = {METADATA_PATH: "metadata", LINEAGE_PATH: "lineage", f"{ANEMOI_FOLDER}/{ANEMOI_JSON}":
+             "anemoi-metadata"}
+    if path in fixed:
+        return fixed[path]
+    if "/" not in path and path.endswith(".safetensors"):
+        return tensor_role(path[:-len(".safetensors")])
+    if path.startswith("documents/") and path.endswith(".json") and path.count("/") == 1:
+        return "document"
+    return None

@@ -71,7 +71,7 @@ def read_directory(path: str, fh: BinaryIO, file_size: int,
         is_dir = name.endswith("/")
         parts = (name[:-1] if is_dir else name).split("/")
         if (name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts)
-                or any(ord(c) < 32 for c in name)):
+                or any(ord(c) < 32 or ord(c) == 127 for c in name)):  # C0 controls and DEL
             raise FormatError(path, f"unsafe member name {name!r}", "the archive was tampered with")
         if is_dir:
             continue  # no data

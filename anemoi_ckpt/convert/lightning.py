@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from ..legacy.plain import TensorSink, to_plain
+from ..legacy.plain import MAX_DEPTH, Budget, TensorSink, _key_text, to_plain
+from ..writer import DocumentError, document_bytes
 from ..legacy.standins import TensorRef
 from ..legacy.unpickler import resolve_numpy
 from .harvest import flat_state_dict
@@ -141,7 +142,8 @@ def read_lightning(obj: dict[str, Any], path: str, *, positional: bool = False
         obj, path, "current_model_state" if averaged else "state_dict")
     ema = split_state_dict(obj, path)[0] if averaged else {}
     hp_sink, graph_sink = TensorSink("hparams"), TensorSink("graph")
-    hparams = to_plain(obj.get("hyper_parameters", {}), hp_sink, path, graph_sink=graph_sink)
+    budget = Budget(path)  # one for the whole file: repeats across documents count together
+    hparams = to_plain(obj.get("hyper_parameters", {}), hp_sink, path, graph_sink=graph_sink, budget=budget)
     mapping = optimizer_names(obj, full_sd, prefix_removed, hparams, path, positional)
 
     groups: dict[str, dict[str, Any]] = {"weights": weights}
@@ -153,11 +155,11 @@ def read_lightning(obj: dict[str, Any], path: str, *, positional: bool = False
     optimizers = []
     for k, (osd, names) in enumerate(zip(obj.get("optimizer_states") or [], mapping)):
         section = "optimizer" if k == 0 else f"optimizer-{k}"
-        tensors, doc = _optimizer(osd, names, prefix_removed, section, state_sink, path)
+        tensors, doc = _optimizer(osd, names, prefix_removed, section, state_sink, path, budget)
         groups[section] = tensors
         optimizers.append(doc)
     skip = {"state_dict", "optimizer_states", "hyper_parameters", "current_model_state"}
-    state = to_plain({k: v for k, v in obj.items() if k not in skip}, state_sink, path)
+    state = to_plain({k: v for k, v in obj.items() if k not in skip}, state_sink, path, budget=budget)
     state["optimizers"] = optimizers
     groups.update({"graph": graph_sink.items, "hparams": hp_sink.items, "state": state_sink.items})
     groups = {k: v for k, v in groups.items() if v or k == "weights"}
@@ -165,13 +167,19 @@ def read_lightning(obj: dict[str, Any], path: str, *, positional: bool = False
                "global_step": obj.get("global_step"), "prefix_removed": PREFIX if prefix_removed else "",
                "optimizer_names": "positional" if any(m is None for m in mapping) else "by-parameter",
                "averaged_weights": bool(ema)}
-    return groups, {"hyper-parameters": hparams, "training-state": state}, details
+    documents = {"hyper-parameters": hparams, "training-state": state}
+    for name, doc in documents.items():  # refused here, naming the source, before anything is written
+        try:
+            document_bytes(doc)
+        except DocumentError as e:
+            raise FormatError(path, f"{name}: {e}", "the .anc reader could not read it back") from None
+    return groups, documents, details
 
 
 def _optimizer(osd: Any, names: list[str] | None, prefix_removed: bool, section: str,
-               sink: TensorSink, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+               sink: TensorSink, path: str, budget: Budget | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(osd, Mapping):
-        return {}, to_plain(osd, sink, path, path=section)
+        return {}, to_plain(osd, sink, path, path=section, budget=budget)
     indices, _ = _indices(osd, path) if names is not None else ([], {})
     label = {}
     if names is not None:
@@ -180,26 +188,46 @@ def _optimizer(osd: Any, names: list[str] | None, prefix_removed: bool, section:
     tensors: dict[str, Any] = {}
     scalars: dict[str, Any] = {}
     state = osd.get("state") or {}
+    taken: dict[tuple[str, ...], Any] = {}  # name as written -> its key: a collision is refused
+
+    def claim(kind: str, key: Any, *name: str) -> str:
+        if (kind, *name) in taken:
+            raise FormatError(path, f"{section}: state keys {_short(taken[(kind, *name)])} and "
+                              f"{_short(key)} are both written as {'.'.join(name)[:80]!r}",
+                              "keys that differ only in type; nothing was written")
+        taken[(kind, *name)] = key
+        return ".".join(name)
+
     for index, entry in (state.items() if isinstance(state, Mapping) else ()):
-        pname = label.get(index, str(index))
+        pname = claim("param", index, label[index] if index in label else _key_text(index))
         if not isinstance(entry, Mapping):
-            scalars[pname] = to_plain(entry, sink, path, path=f"{section}.{pname}")
+            scalars[pname] = to_plain(entry, sink, path, path=f"{section}.{pname}", budget=budget)
             continue
         for key, value in entry.items():
             if isinstance(value, TensorRef):
-                tensors[f"{pname}.{key}"] = value
+                tensors[claim("tensor", key, f"{pname}.{key}")] = value
             else:
-                scalars.setdefault(pname, {})[str(key)] = to_plain(value, sink, path)
+                claim("scalar", key, pname, str(key))
+                scalars.setdefault(pname, {})[str(key)] = to_plain(value, sink, path, budget=budget)
     groups = []
     for g in osd.get("param_groups") or []:
         g = dict(g) if isinstance(g, Mapping) else {"value": g}
         if isinstance(g.get("params"), list):
             g["params"] = [label.get(i, i) for i in g["params"]]
-        groups.append(to_plain(g, sink, path))
+        groups.append(to_plain(g, sink, path, budget=budget))
     rest = {k: v for k, v in osd.items() if k not in ("state", "param_groups")}
     doc = {"section": section, "names": "by-parameter" if names is not None else "positional",
-           "param_groups": groups, "scalar_state": scalars, **to_plain(rest, sink, path)}
+           "param_groups": groups, "scalar_state": scalars, **to_plain(rest, sink, path, budget=budget)}
     return tensors, doc
+
+
+def _short(key: Any) -> str:
+    """A key for a message: its repr when it is a plain scalar, else its type."""
+    if isinstance(key, int) and key.bit_length() > 64:
+        return f"an int of {key.bit_length()} bits"
+    if key is None or isinstance(key, (str, int, float, bool)):
+        return repr(key)[:60]
+    return f"a {type(key).__name__}"
 
 
 def fallback_metadata(obj: dict[str, Any], path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -209,20 +237,45 @@ def fallback_metadata(obj: dict[str, Any], path: str) -> tuple[dict[str, Any] | 
     if not isinstance(hp, Mapping) or not isinstance(hp.get("metadata"), Mapping):
         return None, None
     md = to_plain(hp["metadata"], TensorSink("metadata"), path)
-    arrays = _numpy_tree(hp.get("supporting_arrays"))
+    arrays = _numpy_tree(hp.get("supporting_arrays"), path)
     return md, arrays or None
 
 
-def _numpy_tree(obj: Any) -> dict[str, Any]:
+def _numpy_tree(obj: Any, path: str = "") -> dict[str, Any]:
+    """The numpy arrays of a nested mapping (anemoi's supporting arrays), nested alike. Iterative;
+    a mapping met again (shared, or a cycle) is taken once, an array met again is the same array,
+    and nesting deeper than ``MAX_DEPTH`` is refused."""
     if not isinstance(obj, Mapping):
         return {}
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        v = resolve_numpy(v)
-        if isinstance(v, np.ndarray):
-            out[str(k)] = v
-        elif isinstance(v, Mapping):
-            sub = _numpy_tree(v)
-            if sub:
-                out[str(k)] = sub
-    return out
+    root: dict[str, Any] = {}
+    seen: set[int] = {id(obj)}
+    arrays: dict[int, Any] = {}
+    stack: list[tuple[Mapping[Any, Any], dict[str, Any], int]] = [(obj, root, 0)]
+    while stack:
+        mapping, out, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FormatError(path, f"supporting_arrays nested deeper than {MAX_DEPTH} levels")
+        for k, v in mapping.items():
+            if id(v) not in arrays:
+                arrays[id(v)] = (v, resolve_numpy(v))
+            v = arrays[id(v)][1]
+            if isinstance(v, np.ndarray):
+                out[str(k)] = v
+            elif isinstance(v, Mapping) and id(v) not in seen:
+                seen.add(id(v))
+                out[str(k)] = sub = {}
+                stack.append((v, sub, depth + 1))
+    return _prune(root)
+
+
+def _prune(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` without its empty sub-mappings (iteratively, deepest first)."""
+    order, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(v for v in node.values() if isinstance(v, dict))
+    for node in reversed(order):
+        for k in [k for k, v in node.items() if isinstance(v, dict) and not v]:
+            del node[k]
+    return tree

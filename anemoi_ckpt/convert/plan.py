@@ -6,6 +6,7 @@ single tensor byte is read, and the dry run reports exactly what a real run woul
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,32 @@ class WritePlan:
                 if s == src and t not in seen and (t == src or t not in source_sections):
                     seen.append(t)
         return seen + [t for t in self.targets if t not in seen]
+
+
+#: A conversion writes at most ``OUTPUT_FACTOR`` times its source's size in tensor bytes (after any
+#: ``--dtype`` cast; aliases count once), plus ``OUTPUT_SLACK``. Views of one storage are written
+#: view by view, so a pickle of many overlapping (or stride-0) views of one storage would otherwise
+#: make an output far larger than its source; such a source is refused before the excess is written.
+OUTPUT_FACTOR = 4
+OUTPUT_SLACK = 16 << 20
+
+
+def source_size(path: str) -> int:
+    """Bytes of the source: the file, or the regular files of a folder source."""
+    if os.path.isdir(path):
+        total = 0
+        for folder, _, files in os.walk(path):
+            for name in files:
+                full = os.path.join(folder, name)
+                if os.path.isfile(full):
+                    total += os.path.getsize(full)
+        return total
+    return os.path.getsize(path) if os.path.isfile(path) else 0
+
+
+def output_limit(path: str) -> int:
+    """The most tensor bytes a conversion of ``path`` may write (``OUTPUT_FACTOR``, ``OUTPUT_SLACK``)."""
+    return OUTPUT_FACTOR * source_size(path) + OUTPUT_SLACK
 
 
 #: What an inference file keeps of a training one: the model, its graph and its buffers.

@@ -8,6 +8,11 @@ The proof: the writer hashes (sha256) the very bytes it takes from the source. F
 source with nothing cast, those digests must equal the source manifest's (no second pass over
 the data). Otherwise every tensor is read back from the new file with plain reads (no map) and
 its sha256 must equal the digest of the source bytes: a bit-for-bit comparison by hash.
+
+Bytes are compared with the source file's only where the tensor is a view of them: a tensor whose
+values ``torch.load`` would change (the negative or conjugate bit, a storage of the other byte
+order) reaches here already materialised by the source reader, so its stored bytes are the values
+``torch.load`` gives, and it is compared with the digest the writer took of those values.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from ..errors import FormatError, IntegrityError
 from ..reader import open_checkpoint
 from ..container.mapped import map_base, page_releaser
-from .plan import WritePlan
+from .plan import OUTPUT_FACTOR, WritePlan, output_limit
 from .sources import Source
 
 
@@ -38,6 +43,25 @@ def _span(mapping: Any, base: int, t: Any) -> tuple[int, int] | None:
         return None
     start, n = t.data_ptr() - base, t.numel() * t.element_size()
     return (start, n) if n and 0 <= start and start + n <= len(mapping) else None
+
+
+def _views_map(mapping: Any, base: int, t: Any) -> bool:
+    """Whether ``t``'s storage lies in the source map (a zero-copy view), not in a copy."""
+    if mapping is None:
+        return False
+    start = t.untyped_storage().data_ptr() - base
+    return 0 <= start < max(1, len(mapping))
+
+
+def _map_view_key(mapping: Any, base: int, section: str, t: Any) -> tuple[Any, ...] | None:
+    """What makes ``t`` an alias in the writer, for a view of the source map (None for a copy:
+    its address may be reused once it is freed, so it is never taken for an alias)."""
+    if mapping is None or t.numel() == 0:
+        return None
+    start = t.untyped_storage().data_ptr() - base
+    if not 0 <= start < len(mapping):
+        return None
+    return section, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype
 
 
 def _copyable(source: Source, plan: WritePlan, section: str) -> bool:
@@ -65,8 +89,26 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[
     zero_copy = source.mapping is not None
     written: list[str] = []
 
+    limit = output_limit(source.path)
+    out_bytes = 0
+    stored: set[tuple[Any, ...]] = set()  # views of the map already written, per section (aliases)
+
     def put(target: str, name: str, t: Any) -> None:
-        w.add(name, t, section=target, release=releaser(t))
+        nonlocal out_bytes
+        key = _map_view_key(source.mapping, base, target, t)
+        if key is None or key not in stored:
+            out_bytes += t.numel() * t.element_size()
+            if out_bytes > limit:
+                raise FormatError(source.path, f"the tensors would take over {limit} bytes, more than "
+                                  f"{OUTPUT_FACTOR} times the source: views of its storages overlap "
+                                  f"(at {target}/{name})", "a checkpoint torch saved from ordinary "
+                                  "tensors has no such views; nothing was written")
+            if key is not None:
+                stored.add(key)
+        try:
+            w.add(name, t, section=target, release=releaser(t))
+        except ValueError as e:  # a name the format cannot hold ("", "__metadata__", ...)
+            raise FormatError(source.path, f"cannot write {target}/{name[:120]!r}: {e}") from None
         report.tensors[target] = report.tensors.get(target, 0) + 1
 
     for section, tensors in source.sections.items():
@@ -90,8 +132,8 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[
             if span is not None:
                 origins[(target, new)] = span
             t = _cast(t, code)
-            if zero_copy:
-                keep_alive.append(t)
+            if zero_copy and _views_map(source.mapping, base, t):
+                keep_alive.append(t)  # a copy (cast, or values materialised by the source) is let go
             report.bytes += t.numel() * t.element_size()
             if target == own:
                 put(target, new, t)

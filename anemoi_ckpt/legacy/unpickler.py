@@ -13,6 +13,7 @@ import _compat_pickle
 import collections
 import io
 import pickle
+import pickletools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -136,8 +137,11 @@ def _rebuild_tensor_v2(storage: Any, offset: int, size: Any, stride: Any, requir
                        backward_hooks: Any = None, metadata: Any = None) -> TensorRef:
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-    return TensorRef(storage, int(offset), tuple(int(d) for d in size), tuple(int(s) for s in stride),
-                     bool(requires_grad))
+    ref = TensorRef(storage, int(offset), tuple(int(d) for d in size), tuple(int(s) for s in stride),
+                    bool(requires_grad))
+    if metadata:  # torch sets it only when non-default: {"neg": True} / {"conj": True} (value flags)
+        ref.extra["metadata"] = metadata  # interpreted (honoured or refused) in TorchZipCheckpoint.tensor
+    return ref
 
 
 def _rebuild_parameter(data: Any, requires_grad: bool = True, backward_hooks: Any = None,
@@ -148,6 +152,8 @@ def _rebuild_parameter(data: Any, requires_grad: bool = True, backward_hooks: An
 
 
 def _ordered_dict(*args: Any) -> collections.OrderedDict:
+    if len(args) > 1 or (args and not isinstance(args[0], _CONTAINERS)):
+        raise pickle.UnpicklingError("OrderedDict() of something other than a container refused")
     return collections.OrderedDict(*args)
 
 
@@ -215,6 +221,62 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     raise pickle.UnpicklingError(f"_codecs.encode with encoding {str(encoding)[:20]!r} refused")
 
 
+#: Bounds on what a pickle may make the allow-listed callables build (docs/conversion.md, security).
+#: Objects nested deeper than this are refused before the pickle is loaded: hashing a nested tuple
+#: (a set element, a dict key) and freeing nested slices recurse in C, with no recursion check.
+MAX_PICKLE_DEPTH = 1000
+#: The allow-listed callables may copy or allocate at most this many elements (or bytes) per byte
+#: of data.pkl, plus ``EXPANSION_SLACK``: a pickle that calls ``list(x)`` on one memo-referenced
+#: ``x`` a million times is refused instead of filling memory.
+EXPANSION_FACTOR = 2
+EXPANSION_SLACK = 1 << 20
+_CONTAINERS = (list, tuple, dict, set, frozenset, collections.OrderedDict)
+_SCALARS = (type(None), bool, int, float)
+
+
+def _size(obj: Any) -> int:
+    return len(obj) if isinstance(obj, (str, bytes, bytearray, *_CONTAINERS)) else 0
+
+
+def _container_ctor(kind: type) -> Callable[..., Any]:
+    """``kind()`` or ``kind(container)``: protocol <= 3 pickles rebuild sets as ``set([...])``.
+    Any other argument (a string, bytes, a count) would make the copy larger than the pickle."""
+    def build(*args: Any) -> Any:
+        if len(args) > 1 or (args and not isinstance(args[0], _CONTAINERS)):
+            what = type(args[1] if len(args) > 1 else args[0]).__name__
+            raise pickle.UnpicklingError(f"{kind.__name__}() of a {what} refused (only containers "
+                                         "are rebuilt)")
+        return kind(*args)
+    return build
+
+
+def _bytearray(*args: Any) -> bytearray:
+    """``bytearray(bytes)`` (protocol 3+) or ``bytearray(str, "latin-1")`` (protocol <= 2) only:
+    ``bytearray(n)`` would allocate n bytes from a few bytes of pickle."""
+    if not args:
+        return bytearray()
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytearray(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+        return bytearray(args[0], "latin-1")
+    raise pickle.UnpicklingError(f"bytearray() of {', '.join(type(a).__name__ for a in args)[:60]} "
+                                 "refused (only bytes or a latin-1 string)")
+
+
+def _slice(*args: Any) -> slice:
+    """A slice of numbers only: nested slices recurse in C when freed."""
+    if len(args) > 3 or not all(isinstance(a, _SCALARS) for a in args):
+        raise pickle.UnpicklingError("slice() of something other than numbers or None refused")
+    return slice(*args)
+
+
+def _complex(*args: Any) -> complex:
+    if len(args) > 2 or not all(isinstance(a, (int, float, complex)) or
+                                (isinstance(a, str) and len(a) <= 100) for a in args):
+        raise pickle.UnpicklingError("complex() of something other than numbers refused")
+    return complex(*args)
+
+
 ALLOWED: dict[tuple[str, str], Callable[..., Any] | Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): lambda storage, offset, size, stride: _rebuild_tensor_v2(storage, offset, size, stride),
@@ -223,10 +285,11 @@ ALLOWED: dict[tuple[str, str], Callable[..., Any] | Any] = {
     ("collections", "OrderedDict"): _ordered_dict,
     ("copyreg", "_reconstructor"): _reconstructor,
     ("_codecs", "encode"): _codecs_encode,
-    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "tuple"): tuple,
-    ("builtins", "list"): list, ("builtins", "dict"): dict, ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray, ("builtins", "slice"): slice,
-    ("torch", "Size"): tuple,
+    ("builtins", "set"): _container_ctor(set), ("builtins", "frozenset"): _container_ctor(frozenset),
+    ("builtins", "tuple"): _container_ctor(tuple), ("builtins", "list"): _container_ctor(list),
+    ("builtins", "dict"): _container_ctor(dict), ("builtins", "complex"): _complex,
+    ("builtins", "bytearray"): _bytearray, ("builtins", "slice"): _slice,
+    ("torch", "Size"): _container_ctor(tuple),
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy", "ndarray"): _NumpyArray,
@@ -247,6 +310,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.globals: dict[str, GlobalUse] = {}
         self._classes: dict[str, type[StandIn]] = {}
+        #: elements or bytes the allow-listed callables may still copy or allocate
+        self.budget = EXPANSION_FACTOR * len(data) + EXPANSION_SLACK
+
+    def charge(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Count what an allow-listed call copies (its arguments' sizes) against the budget."""
+        self.budget -= 1 + sum(_size(a) for a in args) + sum(_size(v) for v in kwargs.values())
+        if self.budget < 0:
+            raise pickle.UnpicklingError(
+                f"the pickle makes its allowed callables copy more than {EXPANSION_FACTOR} elements "
+                "per byte of data.pkl (memo references expanded again and again)")
 
     def find_class(self, module: str, name: str) -> Any:
         # Python 2 names (protocol < 3 pickles say __builtin__.set): the stdlib's own rename
@@ -262,7 +335,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             self.globals[key] = GlobalUse(module, name, allowed, _is_dangerous(module, name))
         use = self.globals[key]
         if (module, name) in ALLOWED:
-            return _counting(ALLOWED[(module, name)], use)
+            return _counting(ALLOWED[(module, name)], use, self)
         if module == "torch" and name in STORAGE_DTYPES:
             return _DtypeName(STORAGE_DTYPES[name])
         if module == "torch" and name in TORCH_DTYPES:
@@ -275,16 +348,18 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], _DtypeName) and isinstance(pid[2], str) and isinstance(pid[4], int)):
             return StorageRef(key=pid[2], dtype_name=str(pid[1]), numel=pid[4], location=str(pid[3]))
-        raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
+        raise pickle.UnpicklingError(f"unsupported persistent id {_short(pid)}")
 
 
-def _counting(target: Any, use: GlobalUse) -> Any:
-    """An allow-listed reconstructor that also counts its calls (for ``scan``)."""
+def _counting(target: Any, use: GlobalUse, up: RestrictedUnpickler) -> Any:
+    """An allow-listed reconstructor that also counts its calls (for ``scan``) and charges what it
+    copies to the unpickler's budget."""
     if isinstance(target, type):
         return target  # _NumpyArray / _NumpyDtype: inert classes
 
     def call(*args: Any, **kwargs: Any) -> Any:
         use.calls += 1
+        up.charge(args, kwargs)
         return target(*args, **kwargs)
     return call
 
@@ -295,8 +370,153 @@ def _mark(use: GlobalUse) -> Callable[[], None]:
     return called
 
 
+def _short(obj: Any) -> str:
+    """A bounded description of a value from the pickle (``str`` of a nested one is unbounded)."""
+    if isinstance(obj, (str, bytes, int, float, type(None))):
+        return repr(obj)[:80]
+    if isinstance(obj, tuple):
+        return "(" + ", ".join(_short(x) if isinstance(x, (str, int, type(None))) else type(x).__name__
+                               for x in obj[:5]) + (", ...)" if len(obj) > 5 else ")")
+    return f"a {type(obj).__name__}"
+
+
+class _Node:
+    """What the structure check knows of one value: how deeply it nests, and for a tuple its
+    items (a call copies their depth as it is when the call happens)."""
+
+    __slots__ = ("depth", "items", "mutable")
+
+    def __init__(self, depth: int, items: list[_Node] | None = None, mutable: bool = False) -> None:
+        self.depth, self.items, self.mutable = depth, items, mutable
+
+
+_ATOM = _Node(0)
+_BUILDS = {"TUPLE": False, "LIST": True, "DICT": True, "FROZENSET": False}  # mark-based: mutable?
+_EMPTY = {"EMPTY_TUPLE": False, "EMPTY_LIST": True, "EMPTY_DICT": True, "EMPTY_SET": True}
+_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
+def check_structure(data: bytes, max_depth: int = MAX_PICKLE_DEPTH) -> None:
+    """Walk ``data``'s opcodes without building anything and refuse, before the real unpickler
+    runs, a pickle whose objects nest deeper than ``max_depth`` or whose memo indices are out of
+    all proportion with its size (the C unpickler sizes its memo table by the largest index).
+
+    Depth is counted through every container, argument tuple and object state; a tuple's depth is
+    fixed when it is built, and a call's result nests as deep as its arguments are at the call."""
+    stack: list[_Node] = []
+    marks: list[int] = []
+    memo: dict[int, _Node] = {}
+
+    def pop() -> _Node:
+        if not stack or (marks and len(stack) <= marks[-1]):
+            raise pickle.UnpicklingError("pickle stack underflow")
+        return stack.pop()
+
+    def pop_mark() -> list[_Node]:
+        if not marks:
+            raise pickle.UnpicklingError("pickle has no MARK where one is needed")
+        at = marks.pop()
+        items = stack[at:]
+        del stack[at:]
+        return items
+
+    def deepest(items: list[_Node]) -> int:
+        return max((n.depth for n in items), default=0)
+
+    def made(node: _Node, pos: int) -> _Node:
+        if node.depth > max_depth:
+            raise pickle.UnpicklingError(f"objects nested deeper than {max_depth} levels "
+                                         f"(at byte {pos} of data.pkl)")
+        return node
+
+    def grow(target: _Node, items: list[_Node], pos: int) -> None:
+        if target.mutable:
+            target.depth = max(target.depth, 1 + deepest(items))
+            made(target, pos)
+
+    def call_result(args: _Node, pos: int) -> _Node:
+        inner = deepest(args.items) if args.items is not None else args.depth
+        return made(_Node(1 + inner, mutable=True), pos)
+
+    for op, arg, pos in pickletools.genops(data):
+        name = op.name
+        if name == "MARK":
+            marks.append(len(stack))
+        elif name == "STOP":
+            break
+        elif name in ("PROTO", "FRAME", "READONLY_BUFFER", "READWRITE_BUFFER"):
+            continue
+        elif name == "POP":
+            if stack and not (marks and len(stack) <= marks[-1]):
+                stack.pop()
+            elif marks:
+                marks.pop()
+            else:
+                raise pickle.UnpicklingError("pickle stack underflow")
+        elif name == "POP_MARK":
+            pop_mark()
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else pop())
+        elif name in _PUTS or name == "MEMOIZE":
+            idx = len(memo) if name == "MEMOIZE" else arg
+            if not isinstance(idx, int) or idx < 0 or idx > len(data):
+                raise pickle.UnpicklingError(f"memo index {_short(idx)} out of range for a pickle of "
+                                             f"{len(data)} bytes")
+            if not stack:
+                raise pickle.UnpicklingError("pickle stack underflow")
+            memo[idx] = stack[-1]
+        elif name in _GETS:
+            if arg not in memo:
+                raise pickle.UnpicklingError(f"memo index {_short(arg)} was never stored")
+            stack.append(memo[arg])
+        elif name in _BUILDS:
+            items = pop_mark()
+            stack.append(made(_Node(1 + deepest(items), None if _BUILDS[name] else items,
+                                    _BUILDS[name]), pos))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            items = [pop() for _ in range(int(name[-1]))][::-1]
+            stack.append(made(_Node(1 + deepest(items), items), pos))
+        elif name in _EMPTY:
+            stack.append(_Node(1, [] if name == "EMPTY_TUPLE" else None, _EMPTY[name]))
+        elif name == "APPEND":
+            item = pop()
+            grow(stack[-1] if stack else pop(), [item], pos)
+        elif name in ("APPENDS", "ADDITEMS", "SETITEMS"):
+            items = pop_mark()
+            grow(stack[-1] if stack else pop(), items, pos)
+        elif name == "SETITEM":
+            value, key = pop(), pop()
+            grow(stack[-1] if stack else pop(), [key, value], pos)
+        elif name == "BUILD":
+            state = pop()
+            grow(stack[-1] if stack else pop(), [state], pos)
+        elif name in ("REDUCE", "NEWOBJ"):
+            args = pop()
+            pop()
+            stack.append(call_result(args, pos))
+        elif name == "NEWOBJ_EX":
+            kwargs, args = pop(), pop()
+            pop()
+            stack.append(made(_Node(1 + max(deepest(args.items or [args]), kwargs.depth),
+                                    mutable=True), pos))
+        elif name in ("OBJ", "INST"):
+            items = pop_mark()
+            stack.append(made(_Node(1 + deepest(items), mutable=True), pos))
+        else:  # constants, globals, persistent ids, extensions: by pickletools' own stack effect
+            before = op.stack_before
+            if pickletools.markobject in before:
+                pop_mark()
+            else:
+                for _ in before:
+                    pop()
+            stack.extend(_ATOM for _ in op.stack_after)
+
+
 def restricted_loads(data: bytes) -> tuple[Any, dict[str, GlobalUse]]:
-    """Unpickle ``data`` safely; returns (object tree, globals referenced)."""
+    """Unpickle ``data`` safely; returns (object tree, globals referenced). The structure is
+    checked first (:func:`check_structure`), so nothing the real unpickler builds can crash it."""
+    check_structure(data)
     up = RestrictedUnpickler(data)
     obj = up.load()
     return obj, up.globals

@@ -72,14 +72,15 @@ def ancestors(lineage: Lineage) -> list[_Wanted]:
     root = lineage.records[0].uuid
     out: dict[str, _Wanted] = {}
     order, i = [root], 0
+    unreached = iter(records)  # one pass over all records in all, however many are unreached
     while True:  # breadth first from the file
         if i == len(order):
             # A record no parent link reaches is still an ancestor the block vouches for.
-            rest = [u for u in records if u != root and u not in out]
-            if not rest:
+            nxt = next((u for u in unreached if u != root and u not in out), None)
+            if nxt is None:
                 break
-            out[rest[0]] = _from_record(records[rest[0]], None)
-            order.append(rest[0])
+            out[nxt] = _from_record(records[nxt], None)
+            order.append(nxt)
         rec = records[order[i]]
         i += 1
         for ref in rec.parents:

@@ -27,6 +27,9 @@ _MAX_PARAMS = 4
 _MAX_ITEMS = 3  # items of a list shown before the count
 _MAX_ITEM = 16  # characters of one list item
 _DIGEST_HEX = 12  # hex digits kept of a digest, as git keeps of a commit
+#: Levels of the tree drawn with their own indent; deeper ones keep the last indent, so a chain
+#: of n records draws in O(n) characters, not O(n^2).
+MAX_INDENT = 32
 _DIGEST = re.compile(r"(?:([A-Za-z][A-Za-z0-9_-]{0,15}):([0-9a-fA-F]{13,})|([0-9a-fA-F]{32,}))")
 
 
@@ -235,23 +238,35 @@ def render_tree(lineage: Lineage) -> str:
     root = lineage.records[0]
     lines = [describe(root)]
     drawn = {root.uuid}
-
-    def walk(rec: LineageRecord, indent: str) -> None:
-        for i, ref in enumerate(rec.parents):
-            last = i == len(rec.parents) - 1
-            branch, below = ("└── ", "    ") if last else ("├── ", "│   ")
-            role = f"({_role(ref)}) " if ref.role else ""
-            parent = records.get(ref.uuid)
-            if parent is None:
-                lines.append(indent + branch + _recordless(ref))
-            elif parent.uuid in drawn:
-                lines.append(f"{indent}{branch}{role}{short_uuid(parent.uuid)} (see above)")
+    # Depth first with an explicit stack (a chain of 100,000 records must not hit the recursion
+    # limit): each entry is (a record, the indent of its children, their level, the next parent).
+    stack: list[tuple[LineageRecord, str, int, int]] = [(root, "", 0, 0)]
+    flattened = False
+    while stack:
+        rec, indent, level, i = stack.pop()
+        if i >= len(rec.parents):
+            continue
+        stack.append((rec, indent, level, i + 1))
+        ref = rec.parents[i]
+        last = i == len(rec.parents) - 1
+        branch, below = ("└── ", "    ") if last else ("├── ", "│   ")
+        role = f"({_role(ref)}) " if ref.role else ""
+        parent = records.get(ref.uuid)
+        if parent is None:
+            lines.append(indent + branch + _recordless(ref))
+        elif parent.uuid in drawn:
+            lines.append(f"{indent}{branch}{role}{short_uuid(parent.uuid)} (see above)")
+        else:
+            drawn.add(parent.uuid)
+            lines.append(indent + branch + role + describe(parent))
+            if level + 1 < MAX_INDENT:
+                stack.append((parent, indent + below, level + 1, 0))
             else:
-                drawn.add(parent.uuid)
-                lines.append(indent + branch + role + describe(parent))
-                walk(parent, indent + below)
-
-    walk(root, "")  # depth is bounded: check_lineage refused cycles, and each node expands once
+                if not flattened and parent.parents:
+                    lines.append(f"{indent}{below}(deeper than {MAX_INDENT} levels: drawn without "
+                                 "further indent)")
+                    flattened = True
+                stack.append((parent, indent, level + 1, 0))
     return "\n".join(lines)
 
 
@@ -264,7 +279,7 @@ def _nodes_and_edges(lineage: Lineage) -> tuple[list[tuple[str, list[str], bool]
     """Nodes (uuid, label lines, has a record) and edges (parent, child, role), each once."""
     records = by_uuid(lineage)
     nodes: dict[str, tuple[str, list[str], bool]] = {}
-    edges: list[tuple[str, str, str | None]] = []
+    edges: dict[tuple[str, str, str | None], None] = {}  # ordered, and a set: each edge once
     for rec in records.values():
         nodes[rec.uuid] = (rec.uuid, [short_uuid(rec.uuid), f"{rec.kind} {one_line(rec.operation)}",
                                       short_cid(rec.content_id), short_date(rec.created)], True)
@@ -274,10 +289,8 @@ def _nodes_and_edges(lineage: Lineage) -> tuple[list[tuple[str, list[str], bool]
                 label = [short_uuid(ref.uuid), f"{_role(ref)}, no record"]
                 nodes[ref.uuid] = (ref.uuid, label + ([short_cid(ref.content_id)] if ref.content_id else []),
                                    False)
-            edge = (ref.uuid, rec.uuid, one_line(ref.role) if ref.role else None)
-            if edge not in edges:
-                edges.append(edge)
-    return list(nodes.values()), edges
+            edges.setdefault((ref.uuid, rec.uuid, one_line(ref.role) if ref.role else None), None)
+    return list(nodes.values()), list(edges)
 
 
 def _dot_quote(text: str) -> str:
