@@ -97,3 +97,31 @@ def test_a_release_older_than_any_covered_is_refused_in_one_line(tmp_path) -> No
     assert "anemoi-training 0.1.0" in text and "anemoi-models 0.2.1" in text and "(w, ...)" in text
     assert "\n" not in text and not (tmp_path / "x.anc").exists()
     convert(src, tmp_path / "kept.anc", keep_layout=True)   # the way out it names
+
+
+@pytest.mark.parametrize("indices", [{"data": {"input": {"full": [0]}}, "model": {}},
+                                     {"data": {"input": {"full": ["x"]}, "output": {"full": [0]}},
+                                      "model": {"input": {}, "output": {}}},
+                                     {"data": [], "model": 3}])
+def test_malformed_1_0_data_indices_never_reach_a_traceback(tmp_path, indices) -> None:
+    src = tmp_path / "odd.ckpt"
+    _torch_file(src, {"anemoi-metadata/ai-models.json": json.dumps(dict(MD_1_0, data_indices=indices)).encode()})
+    try:
+        convert(src, tmp_path / "x.anc")
+    except FormatError as e:  # refused: one line naming the file
+        assert str(e).startswith(str(src)) and "\n" not in str(e)
+    else:  # or converted, with the metadata carried as it was
+        with anemoi_ckpt.open(tmp_path / "x.anc") as ck:
+            assert json.loads(ck.carried_bytes("anemoi-metadata/ai-models.json"))["data_indices"] == indices
+
+
+def test_a_kept_layout_of_an_uncovered_release_still_translates_for_its_own_release() -> None:
+    """The refusal guards conversion only: planning and loading a --keep-layout file in its own
+    anemoi-models release must still work."""
+    from packaging.version import Version
+
+    from anemoi_ckpt.anemoi.layout import to_installed
+
+    md = {"provenance_training": {"module_versions": {"anemoi.models": "0.2.1"}}}
+    tensors, applied = to_installed({"weights": {"w": 1}}, md, Version("0.2.1"), "f.anc")
+    assert tensors == {"weights": {"w": 1}} and applied == []

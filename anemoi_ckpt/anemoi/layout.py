@@ -17,7 +17,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from ..errors import FormatError
-from ..translate.engine import TranslationInput, models_version_of, plan, translate
+from ..translate.engine import TranslationInput, models_version_of, plan, recorded_version, translate
 from ..translate.steps import Step, load_steps
 
 
@@ -82,7 +82,7 @@ def mismatch_hint(md: Mapping[str, Any] | None, installed: Version,
                 f"{step.anemoi_models} ({step.name}), after the installed {installed}: install "
                 f"anemoi-models>={step.anemoi_models}")
     written = f"anemoi-models {file_version}" if file_version else "an unrecorded anemoi-models"
-    training = _recorded(md, "anemoi.training")
+    training = recorded_version(md, "anemoi.training")
     if training:
         written = f"anemoi-training {training} with {written}"
     if md is not None and _metadata_steps_apply(md):
@@ -98,12 +98,3 @@ def _metadata_steps_apply(md: Mapping[str, Any]) -> bool:
         return any(s.changes_metadata for s in plan(TranslationInput("anc", {}, md)))
     except FormatError:  # older than any covered release: the plain message applies
         return False
-
-
-def _recorded(md: Mapping[str, Any] | None, module: str) -> str | None:
-    """A module version from ``provenance_training.module_versions`` (a string, or since
-    anemoi-utils#268 ``{"version": ...}``)."""
-    versions = ((md or {}).get("provenance_training") or {}).get("module_versions") or {}
-    raw = versions.get(module) if isinstance(versions, Mapping) else None
-    raw = raw.get("version") if isinstance(raw, Mapping) else raw
-    return raw if isinstance(raw, str) else None

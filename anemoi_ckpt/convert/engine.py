@@ -73,10 +73,12 @@ def _translate(source: Source, keep_layout: bool) -> tuple[dict[str, Any], dict[
     if keep_layout:
         return {}, source.anemoi_metadata, []
     from ..translate import TranslationInput, translate
+    from ..translate.engine import refuse_uncovered
 
     inp = TranslationInput(source_format=source.format, label=source.path,
                            sections={sec: [spec[0] for spec in specs] for sec, specs in source.specs.items()},
                            anemoi_metadata=source.anemoi_metadata)
+    refuse_uncovered(inp)
     result = translate(inp, keep_layout=False)
     return result.renames, result.anemoi_metadata, result.applied
 

@@ -47,15 +47,21 @@ class TranslationResult:
         return bool(self.applied)
 
 
+def recorded_version(md: Mapping[str, Any] | None, module: str) -> str | None:
+    """A module's version from ``provenance_training.module_versions``, whose entry was a string
+    and is ``{"version": ..., "source": ...}`` since anemoi-utils#268."""
+    versions = ((md or {}).get("provenance_training") or {}).get("module_versions") \
+        if isinstance(md, Mapping) else None
+    raw = versions.get(module) if isinstance(versions, Mapping) else None
+    raw = raw.get("version") if isinstance(raw, Mapping) else raw
+    return raw if isinstance(raw, str) else None
+
+
 def models_version_of(inp: TranslationInput) -> Version | None:
-    """The anemoi-models version: given, else ``provenance_training.module_versions``, whose
-    entry was a string and is ``{"version": ..., "source": ...}`` since anemoi-utils#268."""
+    """The anemoi-models version: given, else the one the metadata records."""
     raw: Any = inp.models_version
-    if raw is None and isinstance(inp.anemoi_metadata, Mapping):
-        versions = (inp.anemoi_metadata.get("provenance_training") or {}).get("module_versions") or {}
-        raw = versions.get("anemoi.models") if isinstance(versions, Mapping) else None
-        if isinstance(raw, Mapping):
-            raw = raw.get("version")
+    if raw is None:
+        raw = recorded_version(inp.anemoi_metadata, "anemoi.models")
     if not isinstance(raw, str):
         return None
     try:
@@ -144,13 +150,14 @@ def _refuse_collisions(step: Step, state: Mapping[Key, Key], label: str) -> None
 OLDEST_COVERED = Version("0.3.0")
 
 
-def _refuse_uncovered(inp: TranslationInput, version: Version | None) -> None:
+def refuse_uncovered(inp: TranslationInput) -> None:
+    """Conversion's guard: a file older than every covered release is refused in one line rather
+    than half translated. Not part of the engine itself: planning, and loading a file kept in its
+    own layout (``--keep-layout``) in its own anemoi-models release, must still work."""
+    version = models_version_of(inp)
     if version is None or version >= OLDEST_COVERED:
         return
-    md = inp.anemoi_metadata or {}
-    versions = (md.get("provenance_training") or {}).get("module_versions") or {}
-    training = versions.get("anemoi.training") if isinstance(versions, Mapping) else None
-    training = training.get("version") if isinstance(training, Mapping) else training
+    training = recorded_version(inp.anemoi_metadata, "anemoi.training")
     names = [n for sec in inp.sections.values() for n in sec][:3]
     raise FormatError(inp.label, f"written by anemoi-training {training or '(unrecorded)'} with "
                       f"anemoi-models {version}, older than any release the translation steps "
@@ -163,7 +170,6 @@ def _refuse_uncovered(inp: TranslationInput, version: Version | None) -> None:
 def _run(inp: TranslationInput, steps: Sequence[Step] | None) -> tuple[list[Step], dict[Key, Key], dict[str, Any] | None, list[dict]]:
     steps = load_steps() if steps is None else steps
     version = models_version_of(inp)
-    _refuse_uncovered(inp, version)
     state: dict[Key, Key] = {(sec, n): (sec, n) for sec, names in inp.sections.items() for n in names}
     if len(state) != sum(len(v) for v in inp.sections.values()):
         raise FormatError(inp.label, "a section lists the same tensor name twice")
@@ -184,7 +190,12 @@ def _run(inp: TranslationInput, steps: Sequence[Step] | None) -> tuple[list[Step
         before = md
         for op in (o for o in step.ops if o.target == "metadata"):
             if md is not None:
-                md = OPS[op.kind].fn(md, op.params)
+                try:
+                    md = OPS[op.kind].fn(md, op.params)
+                except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                    # a metadata document the step cannot read (crafted or truncated): one line
+                    raise FormatError(inp.label, f"translation step {step.name!r} cannot read the "
+                                      f"anemoi metadata ({type(e).__name__}: {e})") from None
         applied.append({"name": step.name, "digest": step.digest, "renamed": renamed,
                         "moved": moved, "metadata": md != before})
     return chosen, state, md, applied

@@ -117,14 +117,13 @@ def _synthesize(md: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_KINDS = ("full", "prognostic", "diagnostic", "forcing", "target")
-
-
 def _names_of(indices: Any, name_to_index: Mapping[str, int]) -> list[str] | None:
-    index_to_name = {int(i): n for n, i in name_to_index.items()}
-    if not isinstance(indices, list) or any(int(i) not in index_to_name for i in indices):
+    """The names at ``indices`` (sorted), or None when they are not integers of the mapping."""
+    index_to_name = {i: n for n, i in name_to_index.items()}
+    if not isinstance(indices, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i in index_to_name for i in indices):
         return None
-    return [index_to_name[int(i)] for i in sorted(int(i) for i in indices)]
+    return [index_to_name[i] for i in sorted(indices)]
 
 
 def complete_data_indices(md: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,8 +164,10 @@ def complete_data_indices(md: Mapping[str, Any]) -> dict[str, Any]:
             return out
         model_n2i[io] = {n: i for i, n in enumerate(names)}
     for io in ("input", "output"):
-        indices["data"][io].setdefault("name_to_index", dict(data_n2i))
-        indices["model"][io].setdefault("name_to_index", model_n2i[io])
+        for part, n2i in (("data", data_n2i), ("model", model_n2i[io])):
+            node = indices[part].get(io)
+            if isinstance(node, dict):  # a file without it is left as it is: load says which key
+                node.setdefault("name_to_index", dict(n2i))
     return out
 
 
