@@ -246,7 +246,12 @@ class Writer:
         if not (self._keep_anemoi_uuid and isinstance(md.get("uuid"), str)):
             md["uuid"] = self.uuid
         md["supporting_arrays_paths"] = arrays_paths(self._root, S.ANEMOI_FOLDER, arrays)
-        # anemoi writes NaN/Infinity as Python's json does; keep the dict verbatim.
+        # anemoi writes NaN/Infinity as Python's json does; keep the dict verbatim, but never
+        # deeper than a reader accepts (docs/format.md 4.2)
+        from .container.schema import MAX_JSON_DEPTH, json_depth
+        if json_depth(md) > MAX_JSON_DEPTH:
+            raise FormatError(self.path, f"the anemoi metadata is nested deeper than {MAX_JSON_DEPTH} "
+                              "levels: no reader would accept it", section=f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}")
         self._member(f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}", _json_bytes(md, allow_nan=True),
                      "anemoi-metadata", S.JSON, required=False)
         prefix = f"{self._root}/"
@@ -272,10 +277,7 @@ class Writer:
             raise FormatError(self.path, f"document {name!r} cannot be written: {e}",
                               section=rel) from None
         self._close_section()  # members are written one after the other
-        self._zw.write_member(f"{self._root}/{rel}", data)
-        self._sections.append(Section(path=rel, role="document", name=name, required=False,
-                                      size=len(data), digest=hashing.tagged(hashing.sha256_hex(data)),
-                                      media_type=S.JSON))
+        self._member(rel, data, "document", S.JSON, required=False, name=name)
 
     def add_carried(self, source_member: str, data: bytes | memoryview) -> None:
         """A source member no step understood, kept byte for byte (``carried/<n>.bin``, named by

@@ -367,7 +367,8 @@ def cp_sample(src: str | Path, dst: str | Path, durable: bool) -> dict[str, Any]
 
 def import_first(*names: str) -> ModuleType:
     """The first of ``names`` that imports: for package modules that may have moved (e.g.
-    ``anemoi_ckpt.container.tensorio``, earlier ``anemoi_ckpt.container.tensorio``)."""
+    ``anemoi_ckpt.container.tensorio``, before the layout change ``anemoi_ckpt.tensorio``:
+    an exported older commit on PYTHONPATH is benchmarked as well)."""
     for name in names:
         try:
             return importlib.import_module(name)

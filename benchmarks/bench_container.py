@@ -381,7 +381,7 @@ def child_main(args: argparse.Namespace) -> None:
     H.child_main(args.child, {mode: partial(fn, ctx) for mode, fn in CHILD_MODES.items()},
                  prepare=lambda: child_prepare(ctx),
                  imports=["anemoi_ckpt", "anemoi_ckpt.summary", "numpy",
-                          ("anemoi_ckpt.container.tensorio", "anemoi_ckpt.container.tensorio"), "safetensors.torch"])
+                          ("anemoi_ckpt.container.tensorio", "anemoi_ckpt.tensorio"), "safetensors.torch"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ CHILD_MODES = {
 
 #: What every child of the conversion benchmarks imports before its baseline RSS is taken.
 CHILD_IMPORTS = ("anemoi_ckpt", "anemoi_ckpt.convert", "anemoi_ckpt.reader", "anemoi_ckpt.writer",
-                 ("anemoi_ckpt.container.tensorio", "anemoi_ckpt.container.tensorio"), "numpy", "safetensors.torch")
+                 ("anemoi_ckpt.container.tensorio", "anemoi_ckpt.tensorio"), "numpy", "safetensors.torch")
 
 
 def child_main(args: argparse.Namespace) -> None:

@@ -242,3 +242,12 @@ def test_builds_without_hydra(kind: str, tmp_path) -> None:
 
     original = _original(LEGACY / kind / "inference-last.ckpt").eval()
     assert r.stdout.strip().splitlines()[-1] == output_digest(original, 5)
+
+
+def test_every_load_function_a_step_may_name_exists() -> None:
+    """translate.load_ops lists the names (checked when a step file loads, without anemoi-models);
+    anemoi.fixups implements them: a name in one list only would fail at load."""
+    from anemoi_ckpt.anemoi.fixups import LOAD_FUNCTIONS as implemented
+    from anemoi_ckpt.translate.load_ops import LOAD_FUNCTIONS as listed
+
+    assert set(implemented) == set(listed)

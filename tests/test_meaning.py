@@ -327,3 +327,17 @@ def test_verify_decodes_documents(tmp_path: Path) -> None:
     out = run_cli("verify", str(dst))
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert json.loads(data) == {"1": "b"}  # what a lenient parser would silently take
+
+
+def test_the_writer_never_writes_anemoi_metadata_the_reader_refuses(tmp_path) -> None:
+    import anemoi_ckpt
+    from anemoi_ckpt.errors import FormatError
+
+    deep: object = 1
+    for _ in range(600):
+        deep = [deep]
+    path = tmp_path / "deep.anc"
+    with pytest.raises(FormatError) as e:
+        anemoi_ckpt.save(path, {"w": torch.zeros(2)}, anemoi_metadata={"x": deep})
+    assert "nested deeper than 512" in str(e.value) and "\n" not in str(e.value)
+    assert not path.exists()

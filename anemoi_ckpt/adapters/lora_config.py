@@ -142,10 +142,7 @@ def lora_scale(cfg: Mapping[str, Any], module: str, file: str = "") -> float:
     """``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora`` (rsLoRA keeps the update's size
     independent of the rank)."""
     r, alpha = rank_alpha(cfg, module, file)
-    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    if not (math.isfinite(scale) and scale > 0):  # cannot happen after the checks; kept as a guard
-        raise FormatError(file, f"adapter_config.json: scale {scale!r} for {module} is not a positive finite number")
-    return scale
+    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
 
 def fan_in_fan_out(cfg: Mapping[str, Any]) -> bool:

@@ -76,7 +76,8 @@ def mismatch_hint(md: Mapping[str, Any] | None, installed: Version,
                   steps: Sequence[Step] | None = None) -> str:
     """What to do when the names do not fit the installed anemoi-models."""
     file_version = file_models_version(md)
-    step = first_incompatible(file_version, installed, load_steps() if steps is None else steps)
+    steps = load_steps() if steps is None else steps
+    step = first_incompatible(file_version, installed, steps)
     if step is not None:
         return (f"the file was written by anemoi-models {file_version}; its layout changed in "
                 f"{step.anemoi_models} ({step.name}), after the installed {installed}: install "
@@ -85,7 +86,7 @@ def mismatch_hint(md: Mapping[str, Any] | None, installed: Version,
     training = recorded_version(md, "anemoi.training")
     if training:
         written = f"anemoi-training {training} with {written}"
-    if md is not None and _metadata_steps_apply(md):
+    if md is not None and _metadata_steps_apply(md, steps):
         # steps exist for this metadata: the file kept its old layout (convert --keep-layout)
         return (f"the file keeps the layout and config of {written} (converted with --keep-layout?): "
                 "'anemoi-ckpt convert FILE NEW.anc' brings them forward")
@@ -93,8 +94,8 @@ def mismatch_hint(md: Mapping[str, Any] | None, installed: Version,
             "translation step covers the difference (releases covered: docs/compatibility.md)")
 
 
-def _metadata_steps_apply(md: Mapping[str, Any]) -> bool:
+def _metadata_steps_apply(md: Mapping[str, Any], steps: Sequence[Step]) -> bool:
     try:
-        return any(s.changes_metadata for s in plan(TranslationInput("anc", {}, md)))
+        return any(s.changes_metadata for s in plan(TranslationInput("anc", {}, md), steps))
     except FormatError:  # older than any covered release: the plain message applies
         return False

@@ -132,7 +132,8 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
         if not md:
             raise FormatError(path, "no anemoi metadata: not an anemoi checkpoint")
         installed = _installed_version()
-        hint = mismatch_hint(md, installed)
+        steps = load_steps()  # parsed once per load, shared by every use below
+        hint = mismatch_hint(md, installed, steps)
         try:
             config = _config(md, path)
             n_in, n_out = _n_steps(config, md, path)
@@ -145,7 +146,7 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
             if name in sections:
                 ck.read_ahead(name)  # every byte is used: readahead, not fault-at-a-time paging
                 found[name] = ck.tensors(name)
-        tensors, applied = to_installed(found, md, installed, path)
+        tensors, applied = to_installed(found, md, installed, path, steps)
         if applied:
             LOG.info("%s: layout brought to anemoi-models %s by %s", path, installed, ", ".join(applied))
         weights, buffers = tensors["weights"], tensors.get("buffers", {})
@@ -172,7 +173,7 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
             raise FormatError(path, f"the model config does not build with the installed "
                               f"anemoi-models {installed}: {_config_problem(e)}", hint) from None
         weights, buffers, fixed = run_load_ops(
-            model, weights, buffers, steps_up_to(installed, load_steps(), load_ops=True))
+            model, weights, buffers, steps_up_to(installed, steps, load_ops=True))
         if fixed:
             LOG.info("%s: brought to anemoi-models %s at load by %s", path, installed, ", ".join(fixed))
         _load_weights(model, weights, path, hint)

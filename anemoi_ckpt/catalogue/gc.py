@@ -178,8 +178,6 @@ def _remove_remote(location: str, uuid: str, cid: str) -> dict[str, Any]:
     skip, got = _checked(location, location, uuid, cid, grab)
     if skip is not None:
         return skip
-    if got is None:  # cannot happen: local forms are handled by _remove_local
-        return _skip(location, f"{location}: not a remote object, left in place")
     fs, path, version = got
     try:
         if _version(fs, path) != version:
@@ -198,10 +196,7 @@ def _remove(location: str, uuid: str, cid: str) -> dict[str, Any]:
     why = ambiguous(location)
     if why is not None:
         return _skip(location, f"{location}: ambiguous location ({why}), left in place",)
-    try:
-        path = local_path(location)
-    except AncError as e:
-        return _skip(location, f"{location}: ambiguous location ({e.what}), left in place")
+    path = local_path(location)  # every form local_path refuses, ambiguous() already refused
     if path is not None:
         return _remove_local(location, path, uuid, cid)
     return _remove_remote(location, uuid, cid)

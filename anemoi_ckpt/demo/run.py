@@ -4,8 +4,8 @@ It walks the main job: write an ``.anc``, verify it; scan and convert a legacy p
 same weights; then an anemoi-style Lightning training checkpoint (real ``torch.save``, real
 AdamW state) converted to a training ``.anc``, that to an inference ``.anc``, and the lineage
 linking the three; a regional fine-tune split into a LoRA adapter and merged back. Then the
-training story (:mod:`.demo_train`): pretrain a base, fine-tune it with LoRA and with freeze on
-regional data, merge, convert to inference, lineage and losses. Last (:mod:`.demo_catalogue`):
+training story (:mod:`.train`): pretrain a base, fine-tune it with LoRA and with freeze on
+regional data, merge, convert to inference, lineage and losses. Last (:mod:`.catalogue`):
 every file into a catalogue, tagged, its lineage resolved and fetched by uuid. Each step checks
 what it claims and the demo fails loudly otherwise.
 """
@@ -60,7 +60,7 @@ def _append_anemoi_metadata(path: Path, md: dict[str, Any], arrays: dict[str, An
 def run_demo(out_dir: str | Path, *, channels: int = 64, layers: int = 2,
              echo: Callable[[str], None] = print, train: bool = True) -> bool:
     """Run every step; returns False if any check failed (the CLI then exits 1). ``train``: also
-    run the training story (:mod:`.demo_train`; skipped with one line without the trainer extra)."""
+    run the training story (:mod:`.train`; skipped with one line without the trainer extra)."""
     import torch
 
     from ..convert import convert

@@ -1,3 +1,3 @@
-"""Files that are not on this disk: ``download`` (a whole remote file to a local temporary copy, for
-what needs one: a pickle, a conversion source) and ``fetch`` (an ``.anc`` by URL or catalogue uuid to
-a local path, resumable and verified before the rename)."""
+"""Files that are not on this disk: ``download`` (a remote file fetched resumably and verified before
+it is put in place, and ``localized``, a temporary local copy for what needs one: a pickle, a
+conversion source) and ``fetch`` (an ``.anc`` by URL or catalogue uuid)."""

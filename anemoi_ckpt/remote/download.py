@@ -283,16 +283,13 @@ def _verify_part(part: str, source: str, uuid: str | None, content_id: str | Non
     (``written``: its fstat), so no other file can be verified and renamed into place."""
     from ..reader import open_checkpoint
 
-    st = os.lstat(part)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (written.st_dev, written.st_ino):
-        raise UsageError(part, "resume file was replaced during the download; not using it",
-                         "remove it, then run fetch again")
-    try:
-        with open_checkpoint(part) as ck:
-            opened = os.fstat(ck._fh.fileno())
-            if (opened.st_dev, opened.st_ino) != (written.st_dev, written.st_ino):
-                raise UsageError(part, "resume file was replaced during the download; not using it",
-                                 "remove it, then run fetch again")
+    replaced = UsageError(part, "resume file was replaced during the download; not using it",
+                          "remove it, then run fetch again")
+    with open_checkpoint(part) as ck:
+        opened = os.fstat(ck._fh.fileno())
+        if (opened.st_dev, opened.st_ino) != (written.st_dev, written.st_ino):
+            raise replaced  # another file: never verified, renamed or deleted here
+        try:
             _compare(source, ck.uuid, ck.content_id, uuid, content_id)
             report = ck.verify(progress=False)
             if not report.ok:
@@ -300,11 +297,12 @@ def _verify_part(part: str, source: str, uuid: str | None, content_id: str | Non
                 raise IntegrityError(source, f"the downloaded file does not verify ({bad})",
                                      "the partial download was removed; run fetch again")
             return ck.uuid, ck.content_id
-    except AncError:
-        os.unlink(part)  # bytes that fail verification are not worth resuming from
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part + ".json")
-        raise
+        except AncError:
+            # bytes of the very file written that fail verification are not worth resuming from
+            for leftover in (part, part + ".json"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+            raise
 
 
 @contextlib.contextmanager

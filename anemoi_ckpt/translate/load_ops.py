@@ -15,9 +15,10 @@ LOAD_FUNCTIONS = frozenset({"keep_built", "permute_trainable_edges", "tie_shared
 #: what each supplies that older files lack (a regex over names), beside an op's own ``pattern``:
 #: a layout check over names alone (tests/test_anemoi_layout_chain.py) counts them as present
 #: (hierarchical models keep their level providers in ModuleDicts named ``..._graph_providers``)
-LOAD_SUPPLIES = {"permute_trainable_edges": re.compile(r"_graph_providers?\.(\S+\.)?(trainable_layout_version|perm)$")}
-
-LOAD_SUPPLIES["split_fused_qkv"] = re.compile(r"\.attention\.lin_[qkv]\.(weight|bias)$")
+LOAD_SUPPLIES = {
+    "permute_trainable_edges": re.compile(r"_graph_providers?\.(\S+\.)?(trainable_layout_version|perm)$"),
+    "split_fused_qkv": re.compile(r"\.attention\.lin_[qkv]\.(weight|bias)$"),
+}
 #: what each takes out of the file's tensors (a regex over names): a layout check over names
 #: alone counts them as gone (split_fused_qkv replaces lin_qkv by lin_q, lin_k, lin_v)
 LOAD_CONSUMES = {"split_fused_qkv": re.compile(r"\.attention\.lin_qkv\.(weight|bias)$")}
