@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "anemoi_ckpt.model_builders"
 #: Attribute a built module carries: the ``{"builder", "config"}`` it was built from.
 SPEC_ATTR = "anemoi_ckpt_spec"
+#: A builder function with this attribute set builds *from the open file* and loads its weights
+#: itself: it is called ``fn(config, checkpoint)``. The anemoi builder is one: an anemoi model's module
+#: tree depends on the file's graph, metadata and buffers, not on a config alone.
+FROM_CHECKPOINT_ATTR = "builds_from_checkpoint"
+#: The builder a file with anemoi metadata and no ``metadata.model`` is built with (entry point of
+#: the ``[anemoi]`` extra, :func:`anemoi_ckpt.anemoi.builder.build`).
+ANEMOI_BUILDER = "anemoi"
 
 Builder = Callable[[dict], "torch.nn.Module"]
 
@@ -123,17 +130,40 @@ def _pydantic_line(exc: Any) -> str:
     return one_line("; ".join(parts))
 
 
-def build_model(spec: "ModelSpec | Mapping[str, Any]") -> "torch.nn.Module":
+def builds_from_checkpoint(fn: Builder) -> bool:
+    """Whether ``fn`` builds from an open file (and loads its weights) rather than from a config."""
+    return bool(getattr(fn, FROM_CHECKPOINT_ATTR, False))
+
+
+def checkpoint_spec(ck: "Checkpoint") -> dict[str, Any]:
+    """The ``{"builder", "config"}`` a file is built with: its ``metadata.model``, else, for a file
+    with anemoi metadata, the anemoi builder (the module tree comes from the file itself)."""
+    spec = ck.metadata.model
+    if spec is not None:
+        return spec.model_dump(mode="json")
+    if ck.anemoi_metadata:
+        return {"builder": ANEMOI_BUILDER, "config": {}}
+    raise BuilderError(ck.path, "has no model builder (metadata.model) and no anemoi metadata",
+                       "it was saved without metadata={'model': {'builder': ..., 'config': ...}}; "
+                       "build the model yourself and use Checkpoint.load_into")
+
+
+def build_model(spec: "ModelSpec | Mapping[str, Any]", checkpoint: "Checkpoint | None" = None) -> "torch.nn.Module":
     """Build the module ``spec`` names (a :class:`ModelSpec` or ``{"builder", "config"}``).
 
     Parameters are initialised from torch's global RNG: seed with ``torch.manual_seed`` first for a
-    reproducible model. The result carries its spec (see :func:`model_spec`)."""
+    reproducible model. The result carries its spec (see :func:`model_spec`). A builder that builds
+    from a file (the anemoi builder) needs ``checkpoint``, and returns the model with its weights."""
     from pydantic import ValidationError
 
     name, config = _as_spec(spec)
     fn = resolve_builder(name)
+    from_file = builds_from_checkpoint(fn)
+    if from_file and checkpoint is None:
+        raise BuilderError(None, f"model builder {name!r} builds from a checkpoint file, not from a "
+                           "config alone", "use model_from_checkpoint(path)")
     try:
-        module = fn(copy.deepcopy(config))
+        module = fn(copy.deepcopy(config), checkpoint) if from_file else fn(copy.deepcopy(config))
     except ValidationError as exc:
         raise BuilderError(None, f"model builder {name!r}: invalid config: {_pydantic_line(exc)}") from None
     except (TypeError, ValueError) as exc:
@@ -166,14 +196,12 @@ def model_from_checkpoint(path_or_ck: "str | os.PathLike | Checkpoint", *,
 
 
 def _from_open(ck: "Checkpoint", strict: bool) -> "torch.nn.Module":
-    spec = ck.metadata.model
-    if spec is None:
-        raise BuilderError(ck.path, "has no model builder (metadata.model)",
-                           "it was saved without metadata={'model': {'builder': ..., 'config': ...}}; "
-                           "build the model yourself and use Checkpoint.load_into")
+    spec = checkpoint_spec(ck)
     try:
-        module = build_model(spec)
+        from_file = builds_from_checkpoint(resolve_builder(spec["builder"]))
+        module = build_model(spec, ck)
     except BuilderError as exc:  # name the file the spec came from
         raise BuilderError(ck.path, exc.what, exc.hint) from exc
-    ck.load_into(module, strict=strict)
+    if not from_file:  # a file-building builder has loaded the weights (strictly) itself
+        ck.load_into(module, strict=strict)
     return module

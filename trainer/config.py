@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import UsageError, one_line
 
-#: PEFT's usual choice for attention models: the attention and MLP linears of every block.
+#: PEFT's usual choice for attention models: the attention and MLP linears of every block (of the
+#: reference model; an anemoi model's defaults depend on its processor type: see
+#: :func:`anemoi_ckpt.trainer.methods.default_lora_targets`).
 DEFAULT_LORA_TARGETS = [
     "processor.proc.*.attention.lin_q", "processor.proc.*.attention.lin_k",
     "processor.proc.*.attention.lin_v", "processor.proc.*.attention.projection",
@@ -44,7 +46,9 @@ class LoraConfig(_Strict):
     r: int = Field(default=8, ge=1)
     alpha: float = Field(default=16.0, gt=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1)
+    #: None: the model's defaults (the reference model's DEFAULT_LORA_TARGETS; for an anemoi model
+    #: the attention and MLP linears of its processor type)
+    targets: list[str] | None = Field(default=None, min_length=1)
     use_rslora: bool = False
     use_dora: bool = False
 
@@ -63,7 +67,26 @@ class FreezeConfig(_Strict):
         return self
 
 
+class PeriodConfig(_Strict):
+    """A period of an anemoi dataset, inclusive at both ends, as anemoi-datasets reads dates."""
+
+    start: str | int
+    end: str | int
+
+
+#: Keys of the built-in synthetic data that mean nothing for an anemoi-datasets dataset.
+SYNTHETIC_ONLY = ("variant", "n_samples", "n_lat", "n_lon", "val_samples")
+
+
 class DataConfig(_Strict):
+    #: What anemoi-datasets' open_dataset accepts (a path, a URL, a dict of its options); an anemoi
+    #: base needs one, the reference model trains on the built-in synthetic data without.
+    dataset: str | dict[str, Any] | None = None
+    #: the training period of ``dataset`` (default: the dataset's first/last date)
+    start: str | int | None = None
+    end: str | int | None = None
+    #: the held-out period the validation loss is measured on (required with ``dataset``)
+    validation: PeriodConfig | None = None
     variant: Literal["global", "regional"] = "regional"
     n_samples: int = Field(default=64, ge=1)
     seed: int = 0
@@ -73,6 +96,22 @@ class DataConfig(_Strict):
     n_lon: int | None = Field(default=None, ge=1)
     #: samples of the regional validation set the final loss is measured on (its own seed)
     val_samples: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "DataConfig":
+        if self.dataset is None:
+            for key in ("start", "end", "validation"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"data.{key} is a period of data.dataset, and no dataset is given")
+            return self
+        given = sorted(set(SYNTHETIC_ONLY) & self.model_fields_set)
+        if given:
+            raise ValueError(f"data.{given[0]} is an option of the built-in synthetic data; with "
+                             "data.dataset the data come from the dataset")
+        if self.validation is None:
+            raise ValueError("data.validation: give {start, end}, a period of the dataset the run "
+                             "never trains on (the validation loss is measured there)")
+        return self
 
 
 class OptimizerConfig(_Strict):
@@ -114,6 +153,16 @@ class TrainConfig(_Strict):
     seed: int = 0
     output: OutputConfig = Field(default_factory=OutputConfig)
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
+    #: forecast steps per training sample (anemoi's rollout; anemoi bases only)
+    rollout: int = Field(default=1, ge=1)
+    #: recompute activations in the backward pass (the reference model's processor blocks; for an
+    #: anemoi model anemoi-models' own checkpointing of its mappers and processor chunks): less
+    #: memory, more compute. Unset: as the model is built (anemoi-models builds with it on, the
+    #: reference model with it off).
+    activation_checkpointing: bool | None = None
+    #: the dtype frozen base weights are held in under lora and freeze (the trained parameters
+    #: stay fp32); bf16 halves the frozen base's memory
+    base_dtype: Literal["fp32", "bf16"] = "fp32"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     devices: int = Field(default=1, ge=1)
     num_nodes: int = Field(default=1, ge=1)
@@ -137,6 +186,14 @@ class TrainConfig(_Strict):
             raise ValueError("give max_steps or max_epochs")
         if self.method == "freeze" and self.freeze is None:
             raise ValueError("method freeze needs a freeze section ({freeze: [globs]} or {train: [globs]})")
+        if self.method == "full" and self.base_dtype != "fp32":
+            raise ValueError(f"base_dtype {self.base_dtype}: method full trains every weight, so "
+                             "there is no frozen base to hold in another dtype")
+        if self.strategy == "fsdp" and self.base_dtype != "fp32":
+            raise ValueError(f"base_dtype {self.base_dtype} with strategy fsdp: FSDP2 shards modules "
+                             "whose parameters share one dtype; use strategy ddp, or base_dtype fp32")
+        if self.rollout > 1 and self.data.dataset is None:
+            raise ValueError("rollout: multi-step training needs an anemoi base and data.dataset")
         return self
 
     # --- derived -------------------------------------------------------------------------------
@@ -205,7 +262,7 @@ def apply_set(data: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> d
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),
                 data: dict[str, Any] | None = None) -> TrainConfig:
     """Read the YAML at ``path`` (or take ``data``), apply ``--set`` overrides and validate.
-    A relative ``base`` is resolved against the config file's folder."""
+    A relative ``base`` or ``data.dataset`` path is resolved against the config file's folder."""
     import yaml
 
     file = os.fspath(path) if path is not None else None
@@ -228,8 +285,16 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
         cfg = TrainConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(file, _error_line(e)) from None
-    if cfg.base and file and not os.path.isabs(cfg.base) and not os.path.exists(cfg.base):
-        near = os.path.join(os.path.dirname(os.path.abspath(file)), cfg.base)
-        if os.path.exists(near):
-            cfg.base = near
+    cfg.base = _near(cfg.base, file)
+    if isinstance(cfg.data.dataset, str):
+        cfg.data.dataset = _near(cfg.data.dataset, file)
     return cfg
+
+
+def _near(path: str | None, config_file: str | None) -> str | None:
+    """A relative path that does not exist from here, but does from the config file's folder."""
+    if path and config_file and "://" not in path and not os.path.isabs(path) and not os.path.exists(path):
+        near = os.path.join(os.path.dirname(os.path.abspath(config_file)), path)
+        if os.path.exists(near):
+            return near
+    return path

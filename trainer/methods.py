@@ -1,7 +1,9 @@
 """The three fine-tuning methods, applied by module name: ``full``, ``freeze`` and ``lora``.
 
 Globs (``fnmatch``, case-sensitive, ``*`` crosses dots) are matched against the names of
-``model.named_modules()``; a parameter belongs to a module when its name is the module's name plus
+``model.named_modules()`` and against every dotted tail of them (``processor`` matches
+``model.processor``), so anemoi-training's ``submodules_to_freeze`` values (a module's own name, at any
+depth) work unchanged; a parameter belongs to a module when its name is the module's name plus
 ``.<something>``. Every glob must match at least one module - a typo would otherwise silently
 train (or freeze) the wrong thing - and LoRA targets must be ``nn.Linear``: the adapter files we
 write are merged as ``W + scale * B @ A`` on 2-D weights (:mod:`anemoi_ckpt.adapters.merge`).
@@ -14,7 +16,13 @@ from typing import Any
 
 from torch import nn
 
-from .config import ConfigError, FreezeConfig, LoraConfig, TrainConfig
+from .config import DEFAULT_LORA_TARGETS, ConfigError, FreezeConfig, LoraConfig, TrainConfig
+from .targets import default_lora_targets
+
+
+def glob_matches(name: str, pattern: str) -> bool:
+    """``pattern`` matches the module name or one of its dotted tails (``*.<pattern>``)."""
+    return fnmatchcase(name, pattern) or fnmatchcase(name, "*." + pattern)
 
 
 def match_modules(model: nn.Module, patterns: list[str], key: str) -> list[str]:
@@ -22,7 +30,7 @@ def match_modules(model: nn.Module, patterns: list[str], key: str) -> list[str]:
     names = [n for n, _ in model.named_modules() if n]
     hits: list[str] = []
     for pat in patterns:
-        found = [n for n in names if fnmatchcase(n, pat)]
+        found = [n for n in names if glob_matches(n, pat)]
         if not found:
             sample = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise ConfigError(None, f"{key}: glob {pat!r} matches no module of the model",
@@ -56,8 +64,13 @@ def apply_freeze(model: nn.Module, cfg: FreezeConfig) -> nn.Module:
 
 
 def lora_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
-    """The full module names the LoRA globs select; each must be an ``nn.Linear``."""
-    names = match_modules(model, cfg.targets, "lora.targets")
+    """The full module names the LoRA globs select (the model's defaults when ``targets`` is
+    None); each must be an ``nn.Linear``."""
+    if cfg.targets is None:
+        names = default_lora_targets(model)
+        if names is not None:
+            return names
+    names = match_modules(model, cfg.targets or DEFAULT_LORA_TARGETS, "lora.targets")
     modules = dict(model.named_modules())
     for n in names:
         if not isinstance(modules[n], nn.Linear):

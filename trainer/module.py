@@ -1,4 +1,4 @@
-"""The LightningModule (next-state MSE) and the resumable batch loader it trains on.
+"""The LightningModule (the task's loss) and the resumable batch loader it trains on.
 
 Exact resume needs three things beyond weights and optimizer state, all handled here:
 
@@ -17,22 +17,24 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .config import TrainConfig
 from .methods import trainable_names
+from .tasks import next_state_mse
 
 PREFIX = "model."  # the LightningModule's attribute holding the model: its state-dict prefix
 
 
 class BatchLoader:
-    """Batches ``(x, y)`` of ``dataset`` in a per-epoch shuffled order; resumable mid-epoch."""
+    """Batches of ``dataset`` (``default_collate`` of its items: ``(x, y)`` pairs of the synthetic
+    data, the windows of an anemoi dataset) in a per-epoch shuffled order; resumable mid-epoch."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
@@ -59,7 +61,7 @@ class BatchLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.dataset), generator=g)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         if self.pos >= self.n_batches:  # the previous epoch was trained to its end
             self.epoch, self.pos = self.epoch + 1, 0
         order = self._order(self.epoch)
@@ -67,8 +69,7 @@ class BatchLoader:
             idx = order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
             part = self.batch_size // self.world_size
             idx = idx[self.rank * part:(self.rank + 1) * part]
-            xs, ys = zip(*(self.dataset[i] for i in idx))
-            yield torch.stack(xs), torch.stack(ys)
+            yield default_collate([self.dataset[i] for i in idx])
 
     def advance(self) -> None:
         """One batch trained (called by the module, not by the iterator: see the module doc)."""
@@ -114,12 +115,15 @@ def _lr_lambda(cfg: TrainConfig, total: int):  # noqa: ANN202 - a closure for La
 
 
 class WeatherModule(L.LightningModule):
-    """Wraps the model (plain or PEFT) as ``self.model``; loss = MSE of the predicted next state."""
+    """Wraps the model (plain or PEFT) as ``self.model``; trains on ``loss(model, batch)`` (the
+    task's: next-state MSE for the synthetic data, anemoi's forecast loss for an anemoi base)."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, loader: BatchLoader | None = None,
-                 total_steps: int = 1) -> None:
+                 total_steps: int = 1,
+                 loss: Callable[[nn.Module, Any], torch.Tensor] = next_state_mse) -> None:
         super().__init__()
         self.model = model
+        self.loss_fn = loss
         self.cfg = cfg
         self.loader = loader
         self.total_steps = total_steps
@@ -154,9 +158,8 @@ class WeatherModule(L.LightningModule):
         order :meth:`configure_optimizers` hands them to the optimizer."""
         return trainable_names(self.model)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.mse_loss(self.model(x), y)
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self.model, batch)
         if self.trainer.world_size > 1:  # the global batch's loss (equal slices: mean of means)
             self.last_loss = float(self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean"))
         else:

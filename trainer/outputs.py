@@ -59,9 +59,17 @@ def training_metadata(prep: "Prepared", model: torch.nn.Module) -> dict[str, Any
 
 
 def _changed(model: torch.nn.Module, base: Any) -> dict[str, torch.Tensor]:
+    """The trained tensors (and persistent buffers) whose bytes differ from the base's. Frozen
+    parameters are not compared: they did not train, and under ``base_dtype: bf16`` they are held
+    in another dtype than the file's, which is not a change of the model."""
     bt = base.tensors("weights")
+    state = model.state_dict()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in model.named_buffers()} & set(state)
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
+        if name not in trained and name not in buffers:
+            continue
         ref = bt[name]
         t = t.detach().cpu()
         if t.dtype != ref.dtype or t.shape != ref.shape or not torch.equal(t, ref):

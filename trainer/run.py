@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from ..builders import BuilderError, build_model
+from ..builders import BuilderError, build_model, builds_from_checkpoint, checkpoint_spec, resolve_builder
 from ..errors import AncError
 from ..reader import Checkpoint, open_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import SyntheticWeather
-from .methods import apply_method, check_method
+from .methods import check_method
+from .tasks import VAL_SEED_OFFSET, Task, evaluate, make_task
 
-VAL_SEED_OFFSET = 10_000  # the validation set's seed: data.seed + this (never the training samples)
+__all__ = ["RunResult", "Prepared", "prepare", "train", "evaluate", "VAL_SEED_OFFSET"]
 
 
 @dataclass
@@ -52,8 +52,7 @@ class Prepared:
     spec: dict[str, Any]
     base: Checkpoint | None
     resume: Checkpoint | None
-    train_data: SyntheticWeather
-    val_data: SyntheticWeather
+    task: Task
 
 
 def _training_info(ck: Checkpoint) -> dict[str, Any]:
@@ -62,6 +61,26 @@ def _training_info(ck: Checkpoint) -> dict[str, Any]:
         raise ConfigError(ck.path, f"is not a training file written by this trainer (kind {ck.kind})",
                           "resume from the <name>-train.anc or checkpoints/step-<N>.anc of a run")
     return info
+
+
+def build_base(base: Checkpoint) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The base's model with its weights, and the spec it was built from: ``metadata.model``, or
+    the ``anemoi`` builder for an anemoi file (the installed anemoi-models builds it from the file)."""
+    if base.kind not in ("inference", "training"):
+        raise ConfigError(base.path, f"the base is a {base.kind} file, not a model")
+    try:
+        spec = checkpoint_spec(base)
+        from_file = builds_from_checkpoint(resolve_builder(spec["builder"]))
+        if base.remote is not None:
+            base.read_ahead()  # a URL: the weights in one concurrent transfer, not one per tensor
+        model = build_model(spec, base)
+    except BuilderError as e:
+        raise ConfigError(base.path, e.what, e.hint) from None
+    except AncError as e:  # the anemoi builder: metadata or weights that do not build
+        raise ConfigError(e.path or base.path, e.what, e.hint) from None
+    if not from_file:
+        base.load_into(model, strict=True)
+    return model, spec
 
 
 def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain: bool) -> Prepared:
@@ -76,19 +95,7 @@ def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain:
     torch.manual_seed(cfg.seed)  # the initial weights of a pretrain
     if cfg.base is not None:
         base = stack.enter_context(open_checkpoint(cfg.base))
-        if base.kind not in ("inference", "training"):
-            raise ConfigError(base.path, f"the base is a {base.kind} file, not a model")
-        if base.metadata.model is None:
-            raise ConfigError(base.path, "the base has no model builder (metadata.model)",
-                              "save it with metadata={'model': {'builder': ..., 'config': ...}}")
-        spec = base.metadata.model.model_dump(mode="json")
-        try:
-            model = build_model(spec)
-        except BuilderError as e:
-            raise ConfigError(base.path, e.what, e.hint) from None
-        if base.remote is not None:
-            base.read_ahead()  # a URL: the weights in one concurrent transfer, not one per tensor
-        base.load_into(model, strict=True)
+        model, spec = build_base(base)
     else:
         assert cfg.model is not None
         spec = cfg.model.model_dump(mode="json")
@@ -97,16 +104,12 @@ def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain:
         except BuilderError as e:
             raise ConfigError(None, f"model: {e.what}", e.hint) from None
     spec = getattr(model, "anemoi_ckpt_spec", spec)
-    grid = {"n_lat": getattr(model, "n_lat", None), "n_lon": getattr(model, "n_lon", None)}
-    for key, have in grid.items():
-        want = getattr(cfg.data, key)
-        if want is not None and have is not None and want != have:
-            raise ConfigError(None, f"data.{key}: {want}, but the model's grid has {key} {have}")
-    n_vars = getattr(model, "n_vars", None)
-    if None in (grid["n_lat"], grid["n_lon"], n_vars):
-        raise ConfigError(None, f"the model ({spec.get('builder')}) has no n_lat/n_lon/n_vars: the "
-                          "synthetic dataset cannot be laid on its grid")
     check_method(model, cfg)
+    world = cfg.devices * cfg.num_nodes
+    if cfg.data.batch_size % world:
+        raise ConfigError(None, f"data.batch_size ({cfg.data.batch_size}) is the global batch: it must divide "
+                          f"evenly over the {world} processes (devices {cfg.devices} x num_nodes {cfg.num_nodes})")
+    task = make_task(cfg, model, spec, base)
     resume_ck = None
     if resume is not None:
         resume_ck = stack.enter_context(open_checkpoint(resume))
@@ -120,17 +123,7 @@ def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain:
         if info.get("method") != cfg.method and "lora" in (info.get("method"), cfg.method):
             raise ConfigError(resume_ck.path, f"was trained with method {info.get('method')!r}, "
                               f"not {cfg.method!r}", "LoRA and non-LoRA runs hold different tensors")
-    d = cfg.data
-    dims = dict(n_lat=grid["n_lat"], n_lon=grid["n_lon"], n_vars=n_vars)
-    if d.n_samples < d.batch_size:
-        raise ConfigError(None, f"data.n_samples ({d.n_samples}) is smaller than data.batch_size ({d.batch_size})")
-    world = cfg.devices * cfg.num_nodes
-    if d.batch_size % world:
-        raise ConfigError(None, f"data.batch_size ({d.batch_size}) is the global batch: it must divide "
-                          f"evenly over the {world} processes (devices {cfg.devices} x num_nodes {cfg.num_nodes})")
-    train = SyntheticWeather(d.n_samples, seed=d.seed, variant=d.variant, **dims)
-    val = SyntheticWeather(d.val_samples, seed=d.seed + VAL_SEED_OFFSET, variant="regional", **dims)
-    return Prepared(cfg, model, spec, base, resume_ck, train, val)
+    return Prepared(cfg, model, spec, base, resume_ck, task)
 
 
 def _check_resume_fits(ck: Checkpoint, model: torch.nn.Module) -> None:
@@ -145,19 +138,11 @@ def _check_resume_fits(ck: Checkpoint, model: torch.nn.Module) -> None:
                           "resume with the same model and LoRA targets")
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: SyntheticWeather, batch_size: int = 16) -> float:
-    """Mean squared error of the predicted next state over ``data`` (eval mode, no dropout)."""
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        xs, ys = zip(*(data[i] for i in range(start, min(len(data), start + batch_size))))
-        x, y = torch.stack(xs), torch.stack(ys)
-        total += float(torch.nn.functional.mse_loss(model(x), y, reduction="sum"))
-        count += y.numel()
-    model.train(was)
-    return total / count
+def _trainable(model: torch.nn.Module, cfg: TrainConfig, apply_method: Any, apply_memory: Any) -> torch.nn.Module:
+    """The method (full, freeze, LoRA), then the memory options (bf16 frozen base, checkpointing)."""
+    model = apply_method(model, cfg)
+    apply_memory(model, activation_checkpointing=cfg.activation_checkpointing, base_dtype=cfg.base_dtype)
+    return model
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False,
@@ -167,6 +152,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from .checkpoint_io import AncCheckpointIO
+    from .memory import apply_memory
+    from .methods import apply_method
     from .module import BatchLoader, WeatherModule
     from .outputs import training_metadata, write_output
     from .sharding import gather_full_state, is_sharded, make_strategy
@@ -181,7 +168,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
         resume = resolve_ref(resume, cfg.catalogue)
     with ExitStack() as stack:
         prep = prepare(cfg, resume, stack, pretrain=pretrain)
-        val_before = evaluate(prep.model, prep.val_data)
+        val_before = prep.task.evaluate(prep.model)
         out_dir = os.path.abspath(cfg.output.dir)
         name = cfg.run_name
         out_path = os.path.join(out_dir, f"{name}.anc")
@@ -191,16 +178,16 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
                 raise ConfigError(p, "is a folder; output.name must name a file")
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         base_model = prep.model
-        model = apply_method(base_model, cfg)
+        model = _trainable(base_model, cfg, apply_method, apply_memory)
         if prep.resume is not None:
             _check_resume_fits(prep.resume, model)
-        loader = BatchLoader(prep.train_data, cfg.data.batch_size, cfg.data.seed)
+        loader = BatchLoader(prep.task.train, cfg.data.batch_size, cfg.data.seed)
         total = cfg.schedule.total_steps or cfg.max_steps or (cfg.max_epochs or 1) * len(loader)
-        module = WeatherModule(model, cfg, loader, total)
+        module = WeatherModule(model, cfg, loader, total, loss=prep.task.loss)
         operation = "pretrain" if pretrain else "fine-tune"
         parents: list[Any] = [c for c in (prep.base, prep.resume) if c is not None]
         params = {"method": cfg.method, "config": cfg.to_json(), "config_digest": cfg.digest(),
-                  "dataset": prep.train_data.describe()}
+                  "dataset": prep.task.describe()}
         io = AncCheckpointIO(module.trainable_names, metadata=training_metadata(prep, model),
                              parents=parents, operation=operation, parameters=params, durable=durable)
         callbacks = []
@@ -223,9 +210,10 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
             # FSDP2: gather the full state (a collective) and rebuild the plain model on rank 0
             full = gather_full_state(model)
             if trainer.is_global_zero:
-                model = apply_method(build_model(prep.spec), cfg)
+                fresh = build_base(prep.base)[0] if prep.base is not None else build_model(prep.spec)
+                model = _trainable(fresh, cfg, apply_method, apply_memory)
                 model.load_state_dict(full, strict=True)
-        val_after = evaluate(model, prep.val_data) if trainer.is_global_zero or not is_sharded(model) else float("nan")
+        val_after = prep.task.evaluate(model) if trainer.is_global_zero or not is_sharded(model) else float("nan")
         kind = {"lora": "adapter", "freeze": "delta"}.get(cfg.method, "inference")  # rank 0 writes it
         result = RunResult(out_path, kind, train_path, cfg.method, int(trainer.global_step),
                            module.last_loss, val_after, val_before,
@@ -234,6 +222,6 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
         if trainer.is_global_zero:
             lineage = {**params, "steps": result.steps, "train_loss": result.train_loss,
                        "val_loss": val_after, "val_loss_before": val_before,
-                       "val_dataset": prep.val_data.describe()}
+                       "val_dataset": prep.task.describe_val()}
             result.kind = write_output(prep, model, out_path, operation, lineage, durable=durable)
         return result
