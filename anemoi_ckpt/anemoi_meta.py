@@ -9,6 +9,7 @@ added; each array is raw ``array.tobytes()`` (C order) at ``<root>/anemoi-metada
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -115,3 +116,30 @@ def flat_arrays(nested: Mapping[str, Any], trail: str = "") -> dict[str, np.ndar
             out[f"{trail}{key}"] = value
     return out
 
+
+def derived(parent: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """The anemoi metadata of a checkpoint made from ``parent``'s model by another run (a merged
+    fine-tune): a deep copy with the fork recorded the way anemoi-training records one.
+
+    A run forked from another (``training.fork_run_id`` set) gets its own run id, which
+    anemoi-training writes at the top level, in ``metadata_inference`` and in the resolved
+    ``config.training``; the parent run's id goes to ``config.training.fork_run_id``. The top-level
+    ``run_id`` is always set; ``metadata_inference.run_id`` and ``config.training`` only where the
+    parent has them, so another layout keeps its shape. anemoi-training keeps
+    no parent *checkpoint* uuid in the file (its Trainer's ``parent_uuid`` is never written), so
+    the parent's ``uuid`` is added as a top-level ``parent_uuid``, a key anemoi's readers ignore.
+    ``uuid`` itself is left to the writer: a new file gets a new one."""
+    md = copy.deepcopy(dict(parent))
+    training = (md.get("config") or {}).get("training") if isinstance(md.get("config"), dict) else None
+    training = training if isinstance(training, dict) else None
+    parent_run = md.get("run_id")
+    if not isinstance(parent_run, str) and training is not None:
+        parent_run = training.get("run_id")
+    md["run_id"] = run_id
+    if isinstance(md.get("metadata_inference"), dict) and "run_id" in md["metadata_inference"]:
+        md["metadata_inference"]["run_id"] = run_id
+    if training is not None:
+        training["run_id"] = run_id
+        training["fork_run_id"] = parent_run if isinstance(parent_run, str) else None
+    md["parent_uuid"] = parent.get("uuid") if isinstance(parent.get("uuid"), str) else None
+    return md

@@ -40,6 +40,7 @@ class RunResult:
     val_loss_before: float
     checkpoints: list[str] = field(default_factory=list)
     resume: dict[str, list[str]] = field(default_factory=dict)
+    task: str = "synthetic"  #: what it trained on: the built-in synthetic data, or an anemoi dataset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +219,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
         result = RunResult(out_path, kind, train_path, cfg.method, int(trainer.global_step),
                            module.last_loss, val_after, val_before,
                            checkpoints=[p for p in io.written if p != train_path and os.path.exists(p)],
-                           resume=dict(io.last_load))
+                           resume=dict(io.last_load), task=prep.task.name)
         if trainer.is_global_zero:
             lineage = {**params, "steps": result.steps, "train_loss": result.train_loss,
                        "val_loss": val_after, "val_loss_before": val_before,

@@ -21,3 +21,8 @@ __all__ += ["SplitReport", "split", "split_attached"]
 from .merge import MergeReport, merge  # noqa: E402
 
 __all__ += ["MergeReport", "merge"]
+
+# writing what a fine-tune produced: an adapter (LoRA) or delta (freeze) file
+from .write import adapter_tensors, changed_tensors, peft_config_json, write_finetune  # noqa: E402
+
+__all__ += ["adapter_tensors", "changed_tensors", "peft_config_json", "write_finetune"]

@@ -12,6 +12,11 @@ the reader's zero-copy view; a targeted one gets, in fp32,
 
 and is cast back to the base dtype. Memory: the largest tensor and its deltas.
 
+The output keeps the base's ``graph``/``buffers`` sections and supporting arrays, never a training
+base's optimizer or state. Its anemoi metadata is the base's with the merge recorded as a forked
+run (:func:`anemoi_ckpt.anemoi_meta.derived`: new uuid and run id, the base's run as
+``fork_run_id``, its uuid as ``parent_uuid``).
+
 One DoRA adapter at weight 1 equals PEFT's ``merge_and_unload``. Several DoRA adapters on one
 tensor are combined through their additive forms, each normalised on the unmerged weight; PEFT's
 sequential merge instead rescales the already-merged weight, which depends on the order.
@@ -27,6 +32,7 @@ import hashlib
 import math
 import numbers
 import os
+import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -34,6 +40,7 @@ from typing import Any
 
 import torch
 
+from ..anemoi_meta import derived
 from ..errors import FormatError, UsageError
 from ..container.dtypes import ITEMSIZE
 from ..container.mapped import BufferPool, page_releaser
@@ -380,7 +387,9 @@ def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: 
     extra = base.metadata.model_dump(mode="json")
     for key in ("schema_version", *_ADAPTER_KEYS):
         extra.pop(key, None)
-    md = base.anemoi_metadata
+    # A merged fine-tune is a new anemoi checkpoint forked from the base: new uuid (the writer's),
+    # new run id, the base's run as fork_run_id and its uuid as parent_uuid.
+    md = derived(base.anemoi_metadata, str(uuidlib.uuid4())) if base.anemoi_metadata else None
     params = {"method": method, "weights": w, "density": density, "seed": seed, "rank": rank,
               "adapters": [ad.name for ad in ads], "forced": bool(forced),
               **({"forced_adapters": forced} if forced else {})}

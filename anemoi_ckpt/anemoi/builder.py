@@ -6,7 +6,7 @@ Registered through the builders entry point group (``anemoi_ckpt.model_builders`
 merge result, a URL or ``uuid:`` - with no anemoi import in the core library. An anemoi model's module
 tree is not a function of a config alone (it depends on the file's graph, buffers and metadata), so
 this builder is called with the open file and returns the model with its weights loaded
-(:func:`anemoi_ckpt.anemoi.load.load_model`); nothing is unpickled.
+(:func:`anemoi_ckpt.anemoi.load.load_from_checkpoint`); nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def build(config: dict[str, Any], checkpoint: "Checkpoint") -> "torch.nn.Module"
         raise BuilderError(checkpoint.path, "is not an anemoi checkpoint (no anemoi metadata)",
                            "convert an anemoi-training checkpoint with `anemoi-ckpt convert`, or use "
                            "a file with metadata.model")
-    from .load import load_model
+    from .load import load_from_checkpoint
 
-    model = load_model(checkpoint.path)
+    model = load_from_checkpoint(checkpoint)
     model.train()
     # what outputs record as metadata.model: built from the file it came from, nothing else
     model.anemoi_ckpt_spec = {"builder": "anemoi", "config": {}}

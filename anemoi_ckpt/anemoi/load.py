@@ -126,61 +126,70 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
 
     from ..reader import open_checkpoint
 
-    path = os.fspath(path)
-    with open_checkpoint(path) as ck:
-        md = ck.anemoi_metadata
-        if not md:
-            raise FormatError(path, "no anemoi metadata: not an anemoi checkpoint")
-        installed = _installed_version()
-        steps = load_steps()  # parsed once per load, shared by every use below
-        hint = mismatch_hint(md, installed, steps)
-        try:
-            config = _config(md, path)
-            n_in, n_out = _n_steps(config, md, path)
-            data_indices = _data_indices(config, md, path)
-        except FormatError as e:  # metadata no step brought forward: say which anemoi wrote it
-            raise FormatError(path, e.what, e.hint or hint, section=e.section) from None
-        sections = ck.tensor_sections()
-        found = {}
-        for name in ("weights", "buffers"):
-            if name in sections:
-                ck.read_ahead(name)  # every byte is used: readahead, not fault-at-a-time paging
-                found[name] = ck.tensors(name)
-        tensors, applied = to_installed(found, md, installed, path, steps)
-        if applied:
-            LOG.info("%s: layout brought to anemoi-models %s by %s", path, installed, ", ".join(applied))
-        weights, buffers = tensors["weights"], tensors.get("buffers", {})
-        if "graph" in sections:
-            graph = graph_from_section(ck)
-        elif buffers:
-            graph = graph_from_buffers(buffers, config, weights, path)
-        else:
-            raise FormatError(path, "neither a graph nor a buffers section: cannot build the graph")
-        supporting = {k: copy.deepcopy(v) for k, v in ck.supporting_arrays.items()}
-        try:
-            with _skip_init():
-                model = AnemoiModelInterface(
-                    config=config,
-                    n_step_input=n_in,
-                    n_step_output=n_out,
-                    graph_data=graph,
-                    statistics=_statistics(data_indices),
-                    data_indices=data_indices,
-                    metadata=copy.deepcopy(md),
-                    supporting_arrays=supporting,
-                )
-        except Exception as e:  # hydra/omegaconf/TypeError from a config no step brought forward
-            raise FormatError(path, f"the model config does not build with the installed "
-                              f"anemoi-models {installed}: {_config_problem(e)}", hint) from None
-        weights, buffers, fixed = run_load_ops(
-            model, weights, buffers, steps_up_to(installed, steps, load_ops=True))
-        if fixed:
-            LOG.info("%s: brought to anemoi-models %s at load by %s", path, installed, ", ".join(fixed))
-        _load_weights(model, weights, path, hint)
-        if buffers:
-            # with the file's own graph the module tree derived every buffer from it: the file's
-            # buffers (an old persistent edge_inc moved by refactor_mapper) replace only their own
-            _set_buffers(model, buffers, path, hint, complete="graph" not in sections)
+    with open_checkpoint(os.fspath(path)) as ck:
+        return load_from_checkpoint(ck, device)
+
+
+def load_from_checkpoint(ck: Any, device: Any = "cpu") -> Any:
+    """:func:`load_model` of an already open :class:`~anemoi_ckpt.reader.Checkpoint` (a path or a
+    URL: a remote file's weights are fetched once, here). The file stays the caller's to close."""
+    _require_anemoi()
+    from anemoi.models.interface import AnemoiModelInterface
+
+    path = ck.path
+    md = ck.anemoi_metadata
+    if not md:
+        raise FormatError(path, "no anemoi metadata: not an anemoi checkpoint")
+    installed = _installed_version()
+    steps = load_steps()  # parsed once per load, shared by every use below
+    hint = mismatch_hint(md, installed, steps)
+    try:
+        config = _config(md, path)
+        n_in, n_out = _n_steps(config, md, path)
+        data_indices = _data_indices(config, md, path)
+    except FormatError as e:  # metadata no step brought forward: say which anemoi wrote it
+        raise FormatError(path, e.what, e.hint or hint, section=e.section) from None
+    sections = ck.tensor_sections()
+    found = {}
+    for name in ("weights", "buffers"):
+        if name in sections:
+            ck.read_ahead(name)  # every byte is used: readahead, not fault-at-a-time paging
+            found[name] = ck.tensors(name)
+    tensors, applied = to_installed(found, md, installed, path, steps)
+    if applied:
+        LOG.info("%s: layout brought to anemoi-models %s by %s", path, installed, ", ".join(applied))
+    weights, buffers = tensors["weights"], tensors.get("buffers", {})
+    if "graph" in sections:
+        graph = graph_from_section(ck)
+    elif buffers:
+        graph = graph_from_buffers(buffers, config, weights, path)
+    else:
+        raise FormatError(path, "neither a graph nor a buffers section: cannot build the graph")
+    supporting = {k: copy.deepcopy(v) for k, v in ck.supporting_arrays.items()}
+    try:
+        with _skip_init():
+            model = AnemoiModelInterface(
+                config=config,
+                n_step_input=n_in,
+                n_step_output=n_out,
+                graph_data=graph,
+                statistics=_statistics(data_indices),
+                data_indices=data_indices,
+                metadata=copy.deepcopy(md),
+                supporting_arrays=supporting,
+            )
+    except Exception as e:  # hydra/omegaconf/TypeError from a config no step brought forward
+        raise FormatError(path, f"the model config does not build with the installed "
+                          f"anemoi-models {installed}: {_config_problem(e)}", hint) from None
+    weights, buffers, fixed = run_load_ops(
+        model, weights, buffers, steps_up_to(installed, steps, load_ops=True))
+    if fixed:
+        LOG.info("%s: brought to anemoi-models %s at load by %s", path, installed, ", ".join(fixed))
+    _load_weights(model, weights, path, hint)
+    if buffers:
+        # with the file's own graph the module tree derived every buffer from it: the file's
+        # buffers (an old persistent edge_inc moved by refactor_mapper) replace only their own
+        _set_buffers(model, buffers, path, hint, complete="graph" not in sections)
     model.eval()
     return model.to(device)
 

@@ -82,7 +82,9 @@ def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: b
         click.echo(one_line(f"registered {r['uuid']} ({r['kind']}) in {cfg.catalogue or default_path()}"))
     click.echo(one_line(f"training state: {result.training_file}"))
     loss = "n/a" if result.train_loss is None else f"{result.train_loss:.6f}"
-    click.echo(f"steps {result.steps}  train loss {loss}  regional val loss "
+    # the synthetic task validates on its regional variant; an anemoi run on its validation period
+    label = "regional val loss" if result.task == "synthetic" else "val loss"
+    click.echo(f"steps {result.steps}  train loss {loss}  {label} "
                f"{result.val_loss_before:.6f} -> {result.val_loss:.6f}")
     for what in ("dropped", "fresh"):
         names = result.resume.get(what) or []

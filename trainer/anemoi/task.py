@@ -45,8 +45,17 @@ class AnemoiTask:
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return self.objective(model, batch, rollout=self.rollout)
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module) -> float:
-        return self.objective.evaluate(model, self.val, rollout=self.rollout, batch_size=self.batch_size)
+        """The loss over every validation window (eval mode), each window weighing the same."""
+        was = model.training
+        model.eval()
+        total = 0.0
+        for start in range(0, len(self.val), self.batch_size):
+            batch = torch.stack([self.val[i] for i in range(start, min(len(self.val), start + self.batch_size))])
+            total += self.objective.evaluate(model, batch, rollout=self.rollout) * len(batch)
+        model.train(was)
+        return total / len(self.val)
 
     def describe(self) -> dict[str, Any]:
         return {**self.train.describe(), "rollout": self.rollout, "loss": self.objective.describe()}
