@@ -38,6 +38,7 @@ $(ASTAMP): pyproject.toml requirements/anemoi-integration.txt requirements/anemo
 	$(AVENV)/bin/python -m pip install --quiet --no-deps -r requirements/anemoi-integration-nodeps.txt
 	$(AVENV)/bin/python -m pip install --quiet --no-deps -e .
 	$(AVENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(AVENV)/bin/python -c "import anemoi.training.losses, anemoi.training.tasks.forecaster, anemoi.training.train.methods, lightning, peft"
 	touch $(ASTAMP)
 
 test-anemoi: $(ASTAMP)

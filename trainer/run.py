@@ -78,7 +78,7 @@ def build_base(base: Checkpoint) -> tuple[torch.nn.Module, dict[str, Any]]:
     except BuilderError as e:
         raise ConfigError(base.path, e.what, e.hint) from None
     except AncError as e:  # the anemoi builder: metadata or weights that do not build
-        raise ConfigError(e.path or base.path, e.what, e.hint) from None
+        raise ConfigError(e.file or base.path, e.what, e.hint) from None
     if not from_file:
         base.load_into(model, strict=True)
     return model, spec

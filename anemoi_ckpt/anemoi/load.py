@@ -39,10 +39,22 @@ LOG = logging.getLogger(__name__)
 _INSTALL = "install anemoi-ckpt[anemoi] (anemoi-models, torch-geometric)"
 
 
+class _NoTritonNotice(logging.Filter):
+    """anemoi-models warns, once per GraphTransformer block it builds, that triton is unavailable
+    and it falls back to the pyg backend: on a CPU that is the expected backend, and the notice
+    (unformatted, straight to stderr without a logging setup) would bury a command's own output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triton is not available" not in record.getMessage()
+
+
 def _require_anemoi() -> None:
     # Hydra is only needed to instantiate the resolved config: without it, a pure-Python stand-in
     # (hydra_shim) is registered before anemoi-models is first imported.
     hydra_shim.install()
+    block_log = logging.getLogger("anemoi.models.layers.block")
+    if not any(isinstance(f, _NoTritonNotice) for f in block_log.filters):
+        block_log.addFilter(_NoTritonNotice())
     try:
         import anemoi.models  # noqa: F401
         import torch_geometric  # noqa: F401
