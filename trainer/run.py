@@ -139,11 +139,13 @@ def _check_resume_fits(ck: Checkpoint, model: torch.nn.Module) -> None:
                           "resume with the same model and LoRA targets")
 
 
-def _trainable(model: torch.nn.Module, cfg: TrainConfig, apply_method: Any, apply_memory: Any) -> torch.nn.Module:
-    """The method (full, freeze, LoRA), then the memory options (bf16 frozen base, checkpointing)."""
+def _trainable(model: torch.nn.Module, cfg: TrainConfig, apply_method: Any,
+               apply_memory: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The method (full, freeze, LoRA), then the memory options (bf16 frozen base, checkpointing);
+    and what lineage records of the latter."""
     model = apply_method(model, cfg)
-    apply_memory(model, activation_checkpointing=cfg.activation_checkpointing, base_dtype=cfg.base_dtype)
-    return model
+    plan = apply_memory(model, activation_checkpointing=cfg.activation_checkpointing, base_dtype=cfg.base_dtype)
+    return model, plan.lineage()
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False,
@@ -179,7 +181,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
                 raise ConfigError(p, "is a folder; output.name must name a file")
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         base_model = prep.model
-        model = _trainable(base_model, cfg, apply_method, apply_memory)
+        model, memory = _trainable(base_model, cfg, apply_method, apply_memory)
         if prep.resume is not None:
             _check_resume_fits(prep.resume, model)
         loader = BatchLoader(prep.task.train, cfg.data.batch_size, cfg.data.seed)
@@ -188,7 +190,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
         operation = "pretrain" if pretrain else "fine-tune"
         parents: list[Any] = [c for c in (prep.base, prep.resume) if c is not None]
         params = {"method": cfg.method, "config": cfg.to_json(), "config_digest": cfg.digest(),
-                  "dataset": prep.task.describe()}
+                  "dataset": prep.task.describe(), "memory": memory}
         io = AncCheckpointIO(module.trainable_names, metadata=training_metadata(prep, model),
                              parents=parents, operation=operation, parameters=params, durable=durable)
         callbacks = []
@@ -212,7 +214,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
             full = gather_full_state(model)
             if trainer.is_global_zero:
                 fresh = build_base(prep.base)[0] if prep.base is not None else build_model(prep.spec)
-                model = _trainable(fresh, cfg, apply_method, apply_memory)
+                model = _trainable(fresh, cfg, apply_method, apply_memory)[0]
                 model.load_state_dict(full, strict=True)
         val_after = prep.task.evaluate(model) if trainer.is_global_zero or not is_sharded(model) else float("nan")
         kind = {"lora": "adapter", "freeze": "delta"}.get(cfg.method, "inference")  # rank 0 writes it

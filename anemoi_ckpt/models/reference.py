@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 Size = Literal["tiny", "small", "medium", "aifs-like"]
 
@@ -134,10 +135,14 @@ class Processor(nn.Module):
     def __init__(self, channels: int, layers: int, heads: int, mlp_ratio: int) -> None:
         super().__init__()
         self.proc = nn.ModuleList(TransformerBlock(channels, heads, mlp_ratio) for _ in range(layers))
+        #: recompute each block in the backward pass instead of keeping its activations (the
+        #: trainer's ``activation_checkpointing``); a flag, not a wrapper, so no name changes
+        self.activation_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.proc:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
 
 
