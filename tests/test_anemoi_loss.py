@@ -241,7 +241,11 @@ def test_inference_file_falls_back_to_cos_latitude(tmp_path: Path, dataset: Path
     w = objective.weights["data"]
     src = w.describe()["node_source"]
     assert "cos-latitude" in src[0]["kind"]
-    lat = torch.rad2deg(interface.model.node_attributes.latlons_data[:, 0])
+    # the grid's latitudes as the dataset has them (the node buffer latlons_data holds their sines
+    # and cosines, not the angles)
+    from anemoi.datasets import open_dataset
+
+    lat = torch.as_tensor(np.asarray(open_dataset(str(dataset)).latitudes), dtype=torch.float32)
     torch.testing.assert_close(w.node, L.cos_latitude_weights(lat))
     assert float(w.node.sum()) == pytest.approx(1.0, rel=1e-6)  # the config's unit-sum norm
     loss = objective(interface, raw_batch(dataset, objective.steps_needed(1)))

@@ -41,6 +41,7 @@ class RunResult:
     checkpoints: list[str] = field(default_factory=list)
     resume: dict[str, list[str]] = field(default_factory=dict)
     task: str = "synthetic"  #: what it trained on: the built-in synthetic data, or an anemoi dataset
+    rank: int = 0  #: global rank: only rank 0 writes the outputs, and only it reports
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,7 +146,19 @@ def _trainable(model: torch.nn.Module, cfg: TrainConfig, apply_method: Any,
     and what lineage records of the latter."""
     model = apply_method(model, cfg)
     plan = apply_memory(model, activation_checkpointing=cfg.activation_checkpointing, base_dtype=cfg.base_dtype)
+    _own_trained(model)
     return model, plan.lineage()
+
+
+def _own_trained(model: torch.nn.Module) -> None:
+    """Give every trained parameter its own memory. An anemoi base's weights are views of the base
+    file's copy-on-write map (:mod:`anemoi_ckpt.anemoi.load`), the map the run's open base reads
+    too: trained in place, the base would read back the trained values, and a freeze run's delta
+    (what differs from the base) would come out empty. Frozen parameters stay views (no copy)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.clone()
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False,
@@ -221,7 +234,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
         result = RunResult(out_path, kind, train_path, cfg.method, int(trainer.global_step),
                            module.last_loss, val_after, val_before,
                            checkpoints=[p for p in io.written if p != train_path and os.path.exists(p)],
-                           resume=dict(io.last_load), task=prep.task.name)
+                           resume=dict(io.last_load), task=prep.task.name,
+                           rank=int(trainer.global_rank))
         if trainer.is_global_zero:
             lineage = {**params, "steps": result.steps, "train_loss": result.train_loss,
                        "val_loss": val_after, "val_loss_before": val_before,

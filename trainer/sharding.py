@@ -13,6 +13,9 @@
 
 The modules sharded (:func:`shard_model`): every child of an ``nn.ModuleList`` (the processor
 blocks), then the model itself (everything else).
+
+A tensor registered under two names (anemoi's GraphTransformer mappers tie a layer norm) is saved
+as a single process saves it - one tensor and an alias (:func:`tie_shared`) - and loaded once.
 """
 
 from __future__ import annotations
@@ -51,6 +54,32 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def shared_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias: name}`` for every parameter or buffer registered under more than one name (the
+    first name in ``named_parameters``/``named_buffers`` order is the one kept). anemoi's
+    GraphTransformer mappers register their ``layer_norm_attention`` again as
+    ``layer_norm_attention_dest``: one tensor, two state-dict names."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        if id(t) in first:
+            out[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return out
+
+
+def tie_shared(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Point every alias at its target's tensor, as ``model.state_dict()`` does. The full-state
+    gather copies each name to CPU apart, so a tied weight would come back as two equal tensors
+    and be written twice instead of as one tensor and an alias: not the file a single process
+    writes. In place; returns ``state``."""
+    for alias, name in shared_aliases(model).items():
+        if alias in state and name in state:
+            state[alias] = state[name]
+    return state
+
+
 def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full state dict of a (possibly FSDP2-sharded) model: a collective (every rank calls it);
     rank 0 gets every tensor on CPU, the other ranks an empty dict. Unsharded: the state dict."""
@@ -58,7 +87,7 @@ def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=full_state_options())
+    return tie_shared(get_model_state_dict(model, options=full_state_options()), model)
 
 
 class Fsdp2Strategy(ModelParallelStrategy):
@@ -69,6 +98,11 @@ class Fsdp2Strategy(ModelParallelStrategy):
     def __init__(self, world_size: int, **kw: Any) -> None:
         super().__init__(data_parallel_size=world_size, tensor_parallel_size=1,
                          save_distributed_checkpoint=False, **kw)
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """The full model state on rank 0 (empty elsewhere), shared tensors tied (:func:`tie_shared`)."""
+        assert self.model is not None
+        return gather_full_state(self.model)
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -86,8 +120,16 @@ class Fsdp2Strategy(ModelParallelStrategy):
         path = self.broadcast(os.fspath(checkpoint_path))
         checkpoint = self.checkpoint_io.load_checkpoint(path)  # every rank reads the full state
         assert self.model is not None and self.lightning_module is not None
-        set_model_state_dict(self.model, checkpoint.pop("state_dict"),
-                             options=full_state_options(strict=self.lightning_module.strict_loading))
+        # torch distributes the full state over the shards by the model's deduplicated names, so a
+        # tied tensor's other name would reach load_state_dict as a plain tensor (a "mixed Tensor
+        # and DTensor" error): load each tensor once, by its first name, and check strictness here
+        aliases = shared_aliases(self.model)
+        state = {k: v for k, v in checkpoint.pop("state_dict").items() if k not in aliases}
+        keys = set_model_state_dict(self.model, state, options=full_state_options(strict=False))
+        missing = [k for k in keys.missing_keys if k not in aliases]
+        if self.lightning_module.strict_loading and (missing or keys.unexpected_keys):
+            raise RuntimeError(f"{path}: the training file does not fit the model: missing {missing}, "
+                               f"unexpected {list(keys.unexpected_keys)}")
         names = self.lightning_module.trainable_names()  # the IO re-keyed the state by this order
         for optimizer, osd in zip(self.optimizers, checkpoint.get("optimizer_states") or []):
             fqn = {i: PREFIX + n for i, n in enumerate(names)}

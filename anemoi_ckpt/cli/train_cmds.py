@@ -69,6 +69,8 @@ def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: b
         if e.file is None:  # a key of the configuration: say which file it is in
             raise config.ConfigError(config_file, e.what, e.hint) from None
         raise
+    if result.rank != 0:  # Lightning re-executes this command for every other rank: report once
+        return
     registered = None
     if register:  # the outputs, by their paths, in the catalogue that resolved uuid: references
         from ..catalogue import default_path, register as register_files

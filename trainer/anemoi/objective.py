@@ -1,4 +1,4 @@
-"""anemoi-training 0.17.1's forecast objective for a model built from an ``.anc``.
+"""anemoi-training's forecast objective for a model built from an ``.anc``.
 
 What ``SingleTraining._step`` with the ``Forecaster`` task does, written out: normalise the raw
 batch with the model's own pre-processors, feed the first ``multistep_input`` steps of the input
@@ -6,8 +6,10 @@ variables, score the prediction against the next ``multistep_output`` steps with
 (:mod:`.loss`), and for ``rollout > 1`` feed the prediction back (prognostic variables from the
 prediction, forcings from the batch), averaging the per-step losses. The weights come from the
 file: node weights from its graph (cos-latitude where the file has none), variable and output-step
-weights from its training config. ``tests/test_anemoi_loss.py`` checks the result against
-anemoi-training's own training step.
+weights from its training config, read in the layout of the release that wrote it
+(:mod:`.legacy_loss`). ``tests/test_anemoi_loss.py`` checks the result against anemoi-training
+0.17.1's own training step, ``tests/test_anemoi_loss_releases.py`` against every release's since
+0.2.2 (their rollout and reduction are the same).
 """
 
 from __future__ import annotations
@@ -20,19 +22,12 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError
+from . import legacy_loss as LL
 from . import loss as L
 
 _FORECASTERS = ("anemoi.training.tasks.Forecaster", "anemoi.training.tasks.forecaster.Forecaster")
 _SINGLE = ("anemoi.training.train.methods.SingleTraining",
            "anemoi.training.train.methods.single.SingleTraining")
-_NO_MASK = ("anemoi.training.utils.masks.NoOutputMask",)
-
-
-def _per_dataset(cfg: Any, name: str) -> Any:
-    """``get_multiple_datasets_config``: ``{datasets: {name: ...}}``, or one config for all."""
-    if isinstance(cfg, Mapping) and "datasets" in cfg:
-        return (cfg.get("datasets") or {}).get(name)
-    return cfg
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class LossWeights:
     sources: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "loss": "MSELoss (anemoi-training 0.17.1 reduction)",
+        return {"dataset": self.dataset, "loss": "MSELoss (anemoi-training's reduction)",
                 "ignore_nans": self.ignore_nans, **self.sources,
                 "variable_weights": L.describe_weights(self.variables, self.variable),
                 "time_weights": [float(v) for v in self.time.tolist()],
@@ -85,18 +80,20 @@ def _node_weights(scalers: list[L.Scaler], dataset: str, graph: Any, latlons: Te
             src.append({"scaler": s.name, "kind": "cos-latitude fallback (the file has no graph, "
                         f"so no {attr!r} node attribute)", "norm": norm})
         else:
-            nodes = graph[dataset] if dataset in graph.node_types else None
+            # 0.2 to 0.9 name the data nodes (the dataset's name from 0.10 on)
+            node_type = s.config.get("nodes_name") or dataset
+            nodes = graph[node_type] if node_type in graph.node_types else None
             if nodes is None or attr not in nodes:
                 raise ConfigError(None, f"scaler {s.name!r}: the file's graph has no node attribute "
-                                  f"{dataset}.{attr}")
+                                  f"{node_type}.{attr}")
             mask_attr = s.config.get("scaling_mask_attribute_name")
             if mask_attr is not None and mask_attr not in nodes:
                 raise ConfigError(None, f"scaler {s.name!r}: the file's graph has no node attribute "
-                                  f"{dataset}.{mask_attr}")
+                                  f"{node_type}.{mask_attr}")
             v = L.node_weights(nodes[attr], norm, inverse=bool(s.config.get("inverse", False)),
                                mask=None if mask_attr is None else nodes[mask_attr],
                                weight_frac_of_total=s.config.get("weight_frac_of_total"))
-            src.append({"scaler": s.name, "kind": s.kind, "graph": f"{dataset}.{attr}", "norm": norm})
+            src.append({"scaler": s.name, "kind": s.kind, "graph": f"{node_type}.{attr}", "norm": norm})
         w = v if w is None else w * v
     if w.shape[0] != latlons.shape[0]:
         raise ConfigError(None, f"node weights of dataset {dataset!r} have {w.shape[0]} values for "
@@ -108,39 +105,29 @@ def build_loss_weights(md: Mapping[str, Any], interface: Any, graph: Any = None,
                        ) -> dict[str, LossWeights]:
     """The loss weights of every dataset the file's training loss covers, from its anemoi metadata
     ``md``, the built ``interface`` (data indices, grid) and its training ``graph`` (None: an
-    inference-converted file; node weights fall back to cos-latitude)."""
+    inference-converted file; node weights fall back to cos-latitude). The loss definition is read
+    in the layout of the release that wrote the file (:mod:`.legacy_loss`)."""
     cfg = md.get("config") or {}
-    training = cfg.get("training") or {}
-    if not training.get("scalers") or not training.get("training_loss"):
-        raise ConfigError(None, "the file's training config has no training.scalers or "
-                          "training.training_loss (an anemoi-training older than 0.8?)",
-                          "anemoi-ckpt's trainer reproduces anemoi-training 0.17's objective")
     _check_training_config(cfg)
+    release = LL.release_of(md)
     out = {}
     for name, idx in interface.data_indices.items():
-        loss_cfg = _per_dataset(training["training_loss"], name)
-        if loss_cfg is None:  # anemoi-training skips it as well
-            continue
-        where = f"training (dataset {name})"
-        mask = (_per_dataset((cfg.get("model") or {}).get("output_mask") or {}, name) or {})
-        if mask.get("_target_") not in (None, *_NO_MASK):
-            raise ConfigError(None, f"model.output_mask {mask.get('_target_')!r} of the file's "
-                              "training config is not supported by anemoi-ckpt's trainer")
-        scalers = L.loss_scalers(loss_cfg, _per_dataset(training["scalers"], name) or {}, where)
-        groups = _per_dataset(training.get("variable_groups") or {"default": "sfc"}, name)
-        ds_md = (md.get("dataset") or {}).get(name) or {}
-        meta = ds_md.get("variables_metadata") if isinstance(ds_md, Mapping) else None
         names = sorted(idx.model.output.name_to_index, key=idx.model.output.name_to_index.get)
-        infos = {n: L.variable_info(n, groups, meta) for n in names}
-        latlons = getattr(interface.model.node_attributes, f"latlons_{name}")
-        node, src = _node_weights(scalers, name, graph, latlons)
+        spec = LL.read_dataset_loss(md, name, names)
+        if spec is None:  # anemoi-training skips it as well
+            continue
+        # (grid, 2) latitude and longitude in radians; the buffer latlons_<name> holds their
+        # sines and cosines ([sin lat, sin lon, cos lat, cos lon]), not the angles
+        latlons = interface.model.node_attributes.get_coordinates(name)
+        node, src = _node_weights(spec.scalers, name, graph, latlons)
         out[name] = LossWeights(
-            dataset=name, variables=tuple(names), node=node,
-            variable=L.variable_weights(scalers, infos),
-            time=L.time_weights(scalers, int(interface.n_step_output)),
-            ignore_nans=bool(loss_cfg.get("ignore_nans", False)),
-            sources={"scalers": [{"name": s.name, "kind": s.kind, "dim": s.dim} for s in scalers],
-                     "variable_groups": {n: i.group for n, i in infos.items()}, **src})
+            dataset=name, variables=tuple(names), node=node, variable=spec.variable,
+            time=L.time_weights(spec.scalers, int(interface.n_step_output)),
+            ignore_nans=spec.ignore_nans,
+            sources={"layout": spec.layout,
+                     "release": ".".join(map(str, release)) if release else None,
+                     "scalers": [{"name": s.name, "kind": s.kind, "dim": s.dim} for s in spec.scalers],
+                     "variable_groups": spec.groups, **src})
     if not out:
         raise ConfigError(None, "the file's training config has a loss for none of the model's datasets")
     return out
