@@ -9,8 +9,15 @@ init (``torch.manual_seed(0)``), the same in every mode; the values do not chang
 With ``--anemoi``: an AIFS-shaped anemoi-models graph-transformer built as
 ``bench_anemoi_load.py`` builds it (GraphTransformer encoder/decoder, 16-layer Transformer
 processor, 1024 channels, 16 heads; ``--grid``/``--hidden`` nodes, default 2048/512; the processor's
-``num_chunks`` one per layer), in ``.venv-anemoi``; LoRA on every ``nn.Linear`` of
-``model.processor``, freeze of ``model.processor``, loss = MSE of the model output.
+``num_chunks`` one per layer, the mappers' ``--mapper-chunks`` edge chunks, default 4 as in
+anemoi-training's own graphtransformer/transformer configs), in ``.venv-anemoi``; LoRA on every
+``nn.Linear`` of ``model.processor``, freeze of ``model.processor``, loss = MSE of the model output.
+It is loaded the way the trainer loads an anemoi base: written once (random init, its anemoi
+metadata, the fixture's supporting arrays, its graph section) to an ``.anc`` in a temporary folder
+by a process of its own (``--prepare``); each child opens that file for its whole run and builds
+the model with the ``anemoi`` builder (``builders.model_from_checkpoint``: no init, every weight a
+view of the file's map); ``apply_memory`` then casts the frozen base to bf16 and drops the fp32
+pages it no longer uses (``file_pages_released_bytes``).
 
 Each mode runs in its own fresh interpreter (``--child MODE``), one after the other:
 
@@ -73,6 +80,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -141,12 +149,10 @@ def _reference_setup(mode: str, args: argparse.Namespace) -> tuple[Any, dict[str
     return base, raw, make_batch, lambda trained, x: trained(x)
 
 
-def _anemoi_setup(mode: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
-    """An AIFS-shaped anemoi-models graph-transformer built as ``bench_anemoi_load.py`` builds it
-    (the graphtransformer fixture's configuration with AIFS's widths, a synthetic graph), with the
-    processor's ``num_chunks`` = ``--anemoi-chunks``; LoRA on every ``nn.Linear`` of
-    ``model.processor``; freeze of ``model.processor``. Loss: MSE of the model's output against a
-    random target (the same for every mode)."""
+def _anemoi_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any], Any]:
+    """The AIFS-shaped ``AnemoiModelInterface`` (random init, ``torch.manual_seed(0)``), built as
+    ``bench_anemoi_load.py`` builds it, with its anemoi metadata, the fixture's supporting arrays and
+    its graph."""
     import tempfile
 
     import torch
@@ -163,27 +169,68 @@ def _anemoi_setup(mode: str, args: argparse.Namespace) -> tuple[Any, dict[str, A
         convert(BAL.FIXTURE, anc)
         with anemoi_ckpt.open(anc) as ck:
             md = json.loads(json.dumps(ck.anemoi_metadata))
+            arrays = {k: v.copy() for k, v in ck.supporting_arrays.items()}
         md["config"] = BAL.aifs_config(md, args.channels, args.layers, args.heads)
         md["config"]["model"]["processor"]["num_chunks"] = args.anemoi_chunks or args.layers
+        for group in ("encoders", "decoders"):  # edge chunks: as anemoi-training's AIFS configs
+            for entry in md["config"]["model"][group].values():
+                entry["mapper"]["num_chunks"] = args.mapper_chunks
         config = OmegaConf.create(md["config"])
         n_in, n_out = _n_steps(config, md, str(anc))
         indices = _data_indices(config, md, str(anc))
+    graph = BAL.synthetic_graph(args.grid, args.hidden, 0)
     torch.manual_seed(0)
-    model = AnemoiModelInterface(config=config, n_step_input=n_in, n_step_output=n_out,
-                                 graph_data=BAL.synthetic_graph(args.grid, args.hidden, 0),
+    model = AnemoiModelInterface(config=config, n_step_input=n_in, n_step_output=n_out, graph_data=graph,
                                  statistics=_statistics(indices), data_indices=indices, metadata=md,
                                  supporting_arrays={})
+    return model, md, arrays, graph
+
+
+def prepare_anemoi_file(path: Path, args: argparse.Namespace) -> None:
+    """Write the AIFS-shaped model as the base file a fine-tune starts from: its weights, anemoi
+    metadata, supporting arrays and graph section (``anemoi_ckpt.save``), the file the trainer's
+    ``base:`` and the ``anemoi`` builder take. Run once, in its own process (``--prepare``)."""
+    from anemoi_ckpt import save
+
+    model, md, arrays, graph = _anemoi_model(args)
+    sections = {"graph": {}}
+    for node in graph.node_types:  # the graph section's names: <node>.<attr>, <src>__<rel>__<dst>.<attr>
+        sections["graph"].update({f"{node}.{k}": v for k, v in graph[node].items()})
+    for edge in graph.edge_types:
+        sections["graph"].update({f"{'__'.join(edge)}.{k}": v for k, v in graph[edge].items()})
+    save(path, model.state_dict(), kind="inference", anemoi_metadata=md, supporting_arrays=arrays,
+         sections=sections, operation="create", progress=False, durable=False,
+         parameters={"benchmark": "finetune_memory --anemoi", "seed": 0})
+
+
+def _anemoi_setup(mode: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The AIFS-shaped model loaded as the trainer loads an anemoi base (``prepare_anemoi_file``'s
+    file, opened and kept open for the run, built by the ``anemoi`` builder: no init, every weight a
+    view of the file's map). LoRA on every ``nn.Linear`` of ``model.processor``; freeze of
+    ``model.processor``. Loss: MSE of the model's output against a random target (the same for
+    every mode)."""
+    import atexit
+
+    import torch
+
+    from anemoi_ckpt.builders import model_from_checkpoint
+    from anemoi_ckpt.reader import open_checkpoint
+
+    ck = open_checkpoint(args.anc)  # open for the whole run, as the trainer holds its base
+    atexit.register(ck.close)
+    model = model_from_checkpoint(ck)
     lora_targets = [n for n, m in model.named_modules()
                     if n.startswith("model.processor.") and isinstance(m, torch.nn.Linear)]
     raw: dict[str, Any] = {"model": {"builder": "anemoi"}, "method": mode, "max_steps": 1,
                            "lora": {"r": args.rank, "alpha": 2 * args.rank, "targets": lora_targets}}
     if mode == "freeze":
         raw["freeze"] = {"freeze": ["model.processor"]}
-    ix = indices["data"]
+    ix = model.data_indices["data"]
     n_vin, n_vout = len(ix.model.input.full), len(ix.model.output.full)
+    grid = model.model.node_attributes.latlons_data.shape[0]
     gen = torch.Generator().manual_seed(1)
-    batches = [({"data": torch.randn(args.batch, n_in, 1, args.grid, n_vin, generator=gen)},
-                torch.randn(args.batch, n_out, 1, args.grid, n_vout, generator=gen))
+    batches = [({"data": torch.randn(args.batch, model.n_step_input, 1, grid, n_vin, generator=gen)},
+                torch.randn(args.batch, model.n_step_output, 1, grid, n_vout, generator=gen))
                for _ in range(args.warmup + args.steps)]
     net = model.model  # the AnemoiModelEncProcDec; PEFT replaces its layers in place
     return model, raw, lambda s: batches[s], lambda _trained, x: net(x)["data"]
@@ -204,8 +251,10 @@ def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
     if args.anemoi:
         import anemoi.models.interface  # noqa: F401  (its imports belong to the baseline)
-        import bench_anemoi_load  # noqa: F401
         import torch_geometric  # noqa: F401
+
+        import anemoi_ckpt.anemoi.builder  # noqa: F401
+        import anemoi_ckpt.anemoi.load  # noqa: F401
     if args.threads:
         torch.set_num_threads(args.threads)
     rss_imports = H.rss_now()
@@ -270,6 +319,7 @@ def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_1min_at_start": round(load, 2),
         "losses": [round(v, 5) for v in losses],
         "torch_threads": torch.get_num_threads(),
+        **({"file_pages_released_bytes": plan.file_pages_released} if args.anemoi else {}),
     }
 
 
@@ -326,11 +376,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=512, help="--anemoi: hidden nodes (default 512)")
     ap.add_argument("--anemoi-chunks", type=int, default=0,
                     help="--anemoi: the processor's num_chunks (default: one per layer)")
+    ap.add_argument("--mapper-chunks", type=int, default=4,
+                    help="--anemoi: the encoder's and decoder's num_chunks (edge chunks; default 4, as "
+                         "anemoi-training's graphtransformer and transformer configs)")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--anc", help=argparse.SUPPRESS)  # --anemoi children: the base file
+    ap.add_argument("--prepare", metavar="PATH", help=argparse.SUPPRESS)  # --anemoi: write it
     args = ap.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be >= 1")
 
+    if args.prepare:
+        prepare_anemoi_file(Path(args.prepare), args)
+        return 0
     if args.child:
         print(json.dumps(run_child(args.child, args)))
         return 0
@@ -342,6 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results: dict[str, dict[str, Any]] = {}
     child_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+    workdir = tempfile.TemporaryDirectory(prefix="finetune-memory-")
+    if args.anemoi:
+        # the base every mode loads: written once, by a process of its own (not measured)
+        anc = Path(workdir.name) / "aifs-shaped.anc"
+        proc = H.run_process([sys.executable, str(Path(__file__).resolve()), "--prepare", str(anc), *child_argv],
+                             check=False, cwd=REPO)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            print(f"finetune_memory: writing the anemoi base failed (exit {proc.returncode})", file=sys.stderr)
+            return 1
+        child_argv += ["--anc", str(anc)]
     if args.malloc_mmap_threshold:
         # the same allocator setting for every mode: glibc's dynamic threshold would otherwise keep
         # freed MB-sized blocks (weight casts, optimizer temporaries) in the heap, counted as RSS
@@ -371,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "channels": args.channels, "layers": args.layers, "heads": args.heads,
                                       "grid": args.grid, "hidden": args.hidden,
                                       "processor_num_chunks": args.anemoi_chunks or args.layers,
+                                      "mapper_num_chunks": args.mapper_chunks,
+                                      "loaded_as": "the trainer's anemoi base: an .anc written once, "
+                                                   "opened for the run, built by the anemoi builder "
+                                                   "(weights views of the file's map)",
                                       "parameters": full["parameters"]}
         lora_targets, freeze_what = "every nn.Linear in model.processor", ["model.processor"]
     else:

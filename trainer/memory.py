@@ -18,6 +18,13 @@ them, so one dtype cannot be chosen for its inputs). ``full`` (nothing frozen) i
 
 Autocast is not used: it would also run LoRA's own matmuls in bf16.
 
+A base built by the anemoi loader (``anemoi_ckpt.anemoi.load``) holds its weights as views of the
+file's copy-on-write map: the cast does not free an fp32 weight, it only unreferences it, and its
+pages, read once by the cast, would stay resident as long as the file is mapped. So every 64 MiB
+cast, and at the end, the pages of file tensors that nothing uses any more are dropped
+(``anemoi_ckpt.anemoi.pages.release_file_pages``, ``MADV_DONTNEED``; the file is never written), and the bf16 base is
+all the base that stays resident (:attr:`MemoryPlan.file_pages_released`).
+
 **Activation checkpointing** (``activation_checkpointing``). The model's own switch is set;
 nothing is wrapped (wrappers would rename parameters):
 
@@ -40,6 +47,7 @@ A model with neither switch is refused when checkpointing is asked for.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +66,11 @@ _ADAPTER_MARKERS = (".lora_", "lora_magnitude_vector")
 _REFERENCE_SWITCH = "activation_checkpointing"
 _ANEMOI_SWITCH = "gradient_checkpointing"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: The anemoi loader's page releaser (its models' weights are views of their file's map); looked up in
+#: sys.modules, so the trainer never imports anemoi itself.
+_ANEMOI_LOADER = "anemoi_ckpt.anemoi.pages"
+#: Cast this many fp32 bytes between two page releases: bounds the fp32 pages resident at once.
+_RELEASE_EVERY = 64 << 20
 
 
 @dataclass
@@ -71,6 +84,7 @@ class MemoryPlan:
     kept_fp32: list[str] = field(default_factory=list)  # frozen, left fp32 (see module docstring)
     checkpointed: list[str] = field(default_factory=list)  # modules whose switch was set on
     cast_bytes_saved: int = 0
+    file_pages_released: int = 0  # bytes of the base file's map dropped after the cast
     handles: list[Any] = field(default_factory=list, repr=False)
 
     def lineage(self) -> dict[str, Any]:
@@ -123,10 +137,24 @@ def _compute_in(module: nn.Module, dtype: torch.dtype) -> list[Any]:
             module.register_forward_hook(post, with_kwargs=True)]
 
 
-def _hold_frozen_in(model: nn.Module, dtype: torch.dtype, plan: MemoryPlan) -> None:
+def _file_page_releaser(model: nn.Module) -> Callable[[], int] | None:
+    """For a base built from an ``.anc`` by the anemoi loader (its weights views of the file's
+    map): releases the pages of the file tensors nothing uses any more. The loader is looked up,
+    not imported: a model it did not build has nothing to release."""
+    loader = sys.modules.get(_ANEMOI_LOADER)
+    release = getattr(loader, "release_file_pages", None)
+    if release is None:
+        return None
+    base = _unwrap(model)
+    return lambda: int(release(base))
+
+
+def _hold_frozen_in(model: nn.Module, dtype: torch.dtype, plan: MemoryPlan, release_pages: bool) -> None:
     if not any(not p.requires_grad for p in model.parameters()):
         raise ConfigError(None, "base_dtype: bf16 needs frozen weights, and every parameter trains "
                           "(method full)", "use base_dtype: fp32 with method full")
+    release = _file_page_releaser(model) if release_pages else None
+    pending = 0  # fp32 bytes cast since the last release
     done: set[int] = set()  # a parameter shared by two modules is cast once
     for mod_name, module in model.named_modules():
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.is_floating_point()]
@@ -141,10 +169,18 @@ def _hold_frozen_in(model: nn.Module, dtype: torch.dtype, plan: MemoryPlan) -> N
         for name, (_, p) in zip(names, frozen):
             if id(p) not in done and p.dtype != dtype:
                 plan.cast_bytes_saved += p.numel() * (p.element_size() - torch.empty((), dtype=dtype).element_size())
+                pending += p.numel() * p.element_size()
                 p.data = p.data.to(dtype)  # same Parameter; the fp32 storage is freed here
             done.add(id(p))
             plan.cast.append(name)
         plan.handles.extend(_compute_in(module, dtype))
+        if release is not None and pending >= _RELEASE_EVERY:
+            # a file-backed fp32 weight is not freed by the cast, only unreferenced: drop its
+            # pages as the cast goes, or the whole fp32 base would be resident beside the bf16 one
+            plan.file_pages_released += release()
+            pending = 0
+    if release is not None:
+        plan.file_pages_released += release()
 
 
 def _set_checkpointing(model: nn.Module, on: bool, plan: MemoryPlan) -> None:
@@ -168,10 +204,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def apply_memory(model: nn.Module, *, activation_checkpointing: bool | None = None,
-                 base_dtype: str = "fp32") -> MemoryPlan:
+                 base_dtype: str = "fp32", release_file_pages: bool = True) -> MemoryPlan:
     """Apply both memory options to ``model`` in place and return what was done (also kept on the
     model, for :func:`frozen_dtype_note`). ``base_dtype``: ``"fp32"`` (nothing changes) or
-    ``"bf16"``; ``activation_checkpointing``: True / False set the model's switch, None leaves it."""
+    ``"bf16"``; ``activation_checkpointing``: True / False set the model's switch, None leaves it.
+    ``release_file_pages``: with a bf16 base loaded from a file's map (the anemoi loader), drop the
+    pages of the fp32 weights the cast replaced (see the module docstring)."""
     if base_dtype not in _DTYPES:
         raise ConfigError(None, f"base_dtype: {base_dtype!r} is not one of {', '.join(_DTYPES)}")
     plan = MemoryPlan(base_dtype, activation_checkpointing)
@@ -181,7 +219,7 @@ def apply_memory(model: nn.Module, *, activation_checkpointing: bool | None = No
         if getattr(model, PLAN_ATTR, None) is not None and getattr(model, PLAN_ATTR).cast:
             raise ConfigError(None, "base_dtype: the model's frozen base is already held in "
                               f"{getattr(model, PLAN_ATTR).base_dtype}")
-        _hold_frozen_in(model, _DTYPES[base_dtype], plan)
+        _hold_frozen_in(model, _DTYPES[base_dtype], plan, release_file_pages)
     for holder in {id(model): model, id(_unwrap(model)): _unwrap(model)}.values():
         setattr(holder, PLAN_ATTR, plan)  # found from the PeftModel and from its base model
     return plan

@@ -32,6 +32,7 @@ from . import hydra_shim
 from .graph import graph_from_buffers, graph_from_section
 from ..translate.steps import load_steps
 from .fixups import run_load_ops
+from .pages import track_file_pages
 from .layout import mismatch_hint, steps_up_to, to_installed
 
 LOG = logging.getLogger(__name__)
@@ -202,6 +203,8 @@ def load_from_checkpoint(ck: Any, device: Any = "cpu") -> Any:
         # with the file's own graph the module tree derived every buffer from it: the file's
         # buffers (an old persistent edge_inc moved by refactor_mapper) replace only their own
         _set_buffers(model, buffers, path, hint, complete="graph" not in sections)
+    del weights, buffers, tensors, found  # the views they held are the model's or the reader's now
+    track_file_pages(model, ck)
     model.eval()
     return model.to(device)
 
