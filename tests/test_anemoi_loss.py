@@ -12,8 +12,6 @@ so the level scaler and the param lookup are compared too. Runs in ``make test-a
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from operator import attrgetter
 from pathlib import Path
 
@@ -38,22 +36,15 @@ from anemoi_ckpt.trainer.anemoi import loss as L  # noqa: E402
 from anemoi_ckpt.trainer.anemoi.objective import (  # noqa: E402
     ForecastObjective, advance_input, build_loss_weights)
 from anemoi_ckpt.trainer.config import ConfigError  # noqa: E402
+from tests.anemoi_datasets import session_zarr  # noqa: E402
 
 ANEMOI = FIXTURES / "legacy" / "anemoi"
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixtures' training dataset, remade by ``anemoi-datasets create`` from their recipe."""
-    d = tmp_path_factory.mktemp("dataset")
-    subprocess.run([sys.executable, str(ANEMOI / "make_synthetic_netcdf.py"), str(d / "synthetic.nc")],
-                   check=True, capture_output=True)
-    (d / "dataset.yaml").write_text((ANEMOI / "dataset.yaml").read_text().replace("@DATA@", str(d)))
-    r = subprocess.run([str(BIN / "anemoi-datasets"), "create", "dataset.yaml", "synthetic.zarr"],
-                       cwd=d, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return d / "synthetic.zarr"
+    return session_zarr(tmp_path_factory, dynamics="fixture")
 
 
 def raw_batch(dataset: Path, steps: int, starts: tuple[int, ...] = (0, 9)) -> torch.Tensor:

@@ -134,9 +134,7 @@ def _statistics(data_indices: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
     """A working ``AnemoiModelInterface`` (eval mode) built from the ``.anc`` at ``path`` with the
     installed anemoi-models: weights loaded strictly, non-persistent buffers set from the file."""
-    _require_anemoi()
-    from anemoi.models.interface import AnemoiModelInterface
-
+    _require_anemoi()  # the install hint before any file error
     from ..reader import open_checkpoint
 
     with open_checkpoint(os.fspath(path)) as ck:
