@@ -214,7 +214,7 @@ class TrainConfig(_Strict):
 
 
 # --- loading -----------------------------------------------------------------------------------
-def _error_line(exc: ValidationError) -> str:
+def error_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
@@ -284,7 +284,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(file, _error_line(e)) from None
+        raise ConfigError(file, error_line(e)) from None
     cfg.base = _near(cfg.base, file)
     if isinstance(cfg.data.dataset, str):
         cfg.data.dataset = _near(cfg.data.dataset, file)
