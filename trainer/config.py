@@ -215,6 +215,7 @@ class TrainConfig(_Strict):
 
 # --- loading -----------------------------------------------------------------------------------
 def error_line(exc: ValidationError) -> str:
+    """The first problem of a pydantic ValidationError as one line naming its key."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
