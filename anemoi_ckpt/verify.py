@@ -77,6 +77,9 @@ def verify(ck: "Checkpoint", *, progress: bool | None = None) -> VerifyReport:
                                                    member.data_offset + member.size))
                 if got != sec.digest:
                     res.ok, res.problem = False, "digest mismatch"
+                    if ck._edited_outside(sec):  # a deliberate rewrite: name it and the remedy
+                        from .reader import EDITED_WHAT, edited_hint
+                        res.problem = one_line(f"{EDITED_WHAT}: {edited_hint(ck.path)}")
                 elif sec.role in _DECODE or sec.role == "document":
                     try:
                         if sec.role == "document":  # this very member, decoded as the reader does:

@@ -125,7 +125,49 @@ def prepare(cfg: TrainConfig, resume: str | None, stack: ExitStack, *, pretrain:
         if info.get("method") != cfg.method and "lora" in (info.get("method"), cfg.method):
             raise ConfigError(resume_ck.path, f"was trained with method {info.get('method')!r}, "
                               f"not {cfg.method!r}", "LoRA and non-LoRA runs hold different tensors")
+        if cfg.method == "lora":
+            _check_resume_rank(resume_ck, cfg.lora.r)
     return Prepared(cfg, model, spec, base, resume_ck, task)
+
+
+def _check_resume_rank(ck: Checkpoint, r: int) -> None:
+    """A LoRA run resumes only with its own rank: the lora_A tensors (shape (rank, in)) of the
+    resume file against ``lora.r``. Checked here, before Lightning starts, because its strict load
+    would otherwise fail mid-setup with one size-mismatch line per LoRA tensor."""
+    weights = ck.tensors("weights")
+    ranks = sorted({weights.shape(n)[0] for n in weights if ".lora_A." in n and len(weights.shape(n)) == 2})
+    if ranks and ranks != [r]:
+        have = " and ".join(str(x) for x in ranks)
+        raise ConfigError(ck.path, f"was trained with LoRA rank {have}, the config asks for lora.r {r}",
+                          f"resume with --set lora.r={ranks[0]}, or start a new run without --resume"
+                          if len(ranks) == 1 else "resume with the run's own LoRA configuration")
+
+
+def output_paths(cfg: TrainConfig) -> tuple[str, str]:
+    """(``<output.dir>/<name>.anc``, ``<output.dir>/<name>-train.anc``): what a run writes."""
+    out_dir = os.path.abspath(cfg.output.dir)
+    return os.path.join(out_dir, f"{cfg.run_name}.anc"), os.path.join(out_dir, f"{cfg.run_name}-train.anc")
+
+
+def check_outputs(cfg: TrainConfig, *, overwrite: bool, resume: str | None = None) -> None:
+    """Refuse, before anything is built, outputs that exist (unless ``overwrite``) or cannot be
+    written: a folder in their place, or output.dir a URL or a file (it is created if missing).
+    Resuming from this run's own ``<name>-train.anc`` continues the run in place: its outputs are
+    the ones to replace, so that needs no ``overwrite``."""
+    from ..output_path import check_output
+
+    train_path = output_paths(cfg)[1]
+    if resume is not None and os.path.isfile(resume) and os.path.isfile(train_path) \
+            and os.path.samefile(resume, train_path):
+        overwrite = True
+
+    if "://" in cfg.output.dir:
+        check_output(cfg.output.dir, overwrite=overwrite, kind="dir")
+    for p in output_paths(cfg):
+        if os.path.isdir(os.path.dirname(p)):
+            check_output(p, overwrite=overwrite)
+        else:
+            check_output(os.path.dirname(p), overwrite=overwrite, kind="dir")
 
 
 def _check_resume_fits(ck: Checkpoint, model: torch.nn.Module) -> None:
@@ -162,8 +204,12 @@ def _own_trained(model: torch.nn.Module) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False,
-          accelerator: str = "auto", durable: bool = True) -> RunResult:
-    """Run a fine-tune (or a pretrain) end to end; see the module docstring for what it writes."""
+          accelerator: str = "auto", durable: bool = True, overwrite: bool = True) -> RunResult:
+    """Run a fine-tune (or a pretrain) end to end; see the module docstring for what it writes.
+    ``overwrite=False`` refuses outputs that exist, before anything starts."""
+    # Lightning re-executes the command for every other rank while rank 0 runs: only rank 0 checks
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        check_outputs(cfg, overwrite=overwrite, resume=resume)
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -186,9 +232,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, pretrain: bool = False
         prep = prepare(cfg, resume, stack, pretrain=pretrain)
         val_before = prep.task.evaluate(prep.model)
         out_dir = os.path.abspath(cfg.output.dir)
-        name = cfg.run_name
-        out_path = os.path.join(out_dir, f"{name}.anc")
-        train_path = os.path.join(out_dir, f"{name}-train.anc")
+        out_path, train_path = output_paths(cfg)
         for p in (out_path, train_path):
             if os.path.isdir(p):
                 raise ConfigError(p, "is a folder; output.name must name a file")

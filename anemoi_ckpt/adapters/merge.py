@@ -41,9 +41,10 @@ from typing import Any
 import torch
 
 from ..anemoi_meta import derived
-from ..errors import FormatError, UsageError
+from ..errors import AncError, FormatError, UsageError
 from ..container.dtypes import ITEMSIZE
 from ..container.mapped import BufferPool, page_releaser
+from ..output_path import check_output
 from ..progress import Progress
 from ..reader import Checkpoint, open_checkpoint
 from ..writer import Writer
@@ -299,11 +300,28 @@ def _default_out(base_path: str, adapter_paths: Sequence[str]) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(base_path)), name)
 
 
+def _check_not_swapped(base_ck: Checkpoint, paths: Sequence[str]) -> None:
+    """BASE first, then the adapters: an adapter or delta given as BASE with a model among the
+    adapters is the arguments swapped - say so, instead of "holds no adapter" about the model."""
+    if base_ck.kind not in ("adapter", "delta"):
+        return
+    for p in paths:
+        try:
+            with open_checkpoint(p) as ck:
+                kind = ck.kind
+        except AncError:
+            continue  # unreadable: open_adapters reports it in its own words
+        if kind in ("inference", "training"):
+            raise UsageError(base_ck.path, f"is {'an adapter' if base_ck.kind == 'adapter' else 'a delta'}, "
+                             f"and {p} is a model: the arguments are swapped",
+                             f"give the model first: merge {p} {base_ck.path}")
+
+
 def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.PathLike],
           out: str | os.PathLike | None = None, *, weights: Sequence[float] | None = None,
           method: str = "linear", density: float | None = None, seed: int = 0,
           rank: int | None = None, force: bool = False, durable: bool = True,
-          progress: bool | None = None) -> MergeReport:
+          progress: bool | None = None, overwrite: bool = True) -> MergeReport:
     """Merge the adapters in ``adapters`` (paths of ``.anc`` files of kind adapter or delta, or
     with adapters attached) into ``base`` and write a full inference ``.anc``. See the module
     docstring for the order of operations; every refusal happens before anything is written."""
@@ -319,6 +337,8 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
         for src in (base_ck.path, *paths):
             if _same(src, dst):
                 raise UsageError(dst, "the output is an input file", "write to a new path (-o)")
+        check_output(dst, overwrite=overwrite)  # before reading a single adapter tensor
+        _check_not_swapped(base_ck, paths)
         files: list[Checkpoint] = []
         ads: list[Adapter] = []
         for p in paths:

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from ..container import sections as S
-from ..errors import FormatError, UsageError
+from ..errors import AncError, FormatError, UsageError
+from ..output_path import check_output
 from ..progress import Progress
 from ..reader import Checkpoint, open_checkpoint
 from ..container.schema import Metadata
@@ -212,23 +213,46 @@ def _changed(ft: Checkpoint, base: Checkpoint) -> tuple[list[str], list[str], An
     return changed, list(ft_t), ft_t, b_t
 
 
+def _descends_from(child: Checkpoint, ancestor: Checkpoint) -> bool:
+    """Whether ``ancestor`` is in ``child``'s recorded history (by uuid or content id)."""
+    try:
+        records = child.lineage.records
+    except AncError:  # no readable lineage: nothing to say
+        return False
+    for r in records[1:]:
+        if r.uuid == ancestor.uuid or r.content_id == ancestor.content_id:
+            return True
+    return any(p.uuid == ancestor.uuid for p in records[0].parents)
+
+
+def _check_not_swapped(ft: Checkpoint, bs: Checkpoint) -> None:
+    """FILE is the fine-tune and --base its base: a --base made from FILE means the two are
+    swapped, and the split would silently write the inverse adapter (base - fine-tune)."""
+    if _descends_from(bs, ft):
+        raise UsageError(None, f"--base {bs.path} was made from FILE {ft.path}: FILE and --base are swapped",
+                         f"give the fine-tune as FILE and its base as --base: "
+                         f"split {bs.path} --base {ft.path}")
+
+
 def split(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os.PathLike | None = None,
           *, rank: int | None = None, energy: float | None = None,
           targets: Sequence[str] | None = None, kind: str = "lora", randomized: bool | None = None,
           seed: int = 0, durable: bool = True, progress: bool | None = None,
-          on_module: Callable[[ModuleSplit], None] | None = None) -> SplitReport:
+          on_module: Callable[[ModuleSplit], None] | None = None, overwrite: bool = True) -> SplitReport:
     """Write ``finetuned - base`` to ``out`` as an adapter (``kind="lora"``) or a freeze delta
     (``kind="delta"``); see the module docstring. ``randomized`` (default: when ``rank`` is given)
     uses a seeded randomized SVD. Nothing is written on error."""
     finetuned, base = os.fspath(finetuned), os.fspath(base)
     out = os.fspath(out) if out is not None else default_out(finetuned, kind)
     _check_args(finetuned, base, out, kind, rank, energy)
+    check_output(out, overwrite=overwrite)
     if randomized is None:
         randomized = rank is not None
     if randomized and rank is None:
         raise UsageError(None, "randomized SVD needs --rank, not --energy")
     targets = list(targets) if targets else None
     with open_checkpoint(finetuned) as ft, open_checkpoint(base) as bs:
+        _check_not_swapped(ft, bs)
         changed, names, ft_t, b_t = _changed(ft, bs)
         if not changed:
             raise UsageError(finetuned, f"every tensor equals the base's ({base})", "nothing to split")
@@ -309,7 +333,7 @@ def _set_metadata(w: Writer, extra: dict[str, Any]) -> None:
 
 
 def split_attached(path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                   durable: bool = True) -> list[str]:
+                   durable: bool = True, overwrite: bool = True) -> list[str]:
     """Write every adapter attached to ``path`` as its own kind-``adapter`` ``.anc``
     (``<out_dir>/<name>.anc``, tensors and config verbatim, no SVD); returns the paths."""
     from .model import read_adapters
@@ -329,7 +353,10 @@ def split_attached(path: str | os.PathLike, out_dir: str | os.PathLike, *,
         for o in outs:
             if os.path.exists(o) and _same_file(o, path):
                 raise UsageError(o, "the output is the input", "choose another -o")
+        check_output(out_dir, overwrite=overwrite, kind="dir")
         os.makedirs(out_dir, exist_ok=True)
+        for o in outs:  # every output before the first is written
+            check_output(o, overwrite=overwrite)
         for a, o in zip(attached, outs):
             info = {"name": a.name, "base_content_id": a.base_content_id, "base_uuid": a.base_uuid}
             with Writer(o, kind="adapter", parents=[ck], operation="split",

@@ -25,7 +25,7 @@ def _weights(text: str | None) -> list[float] | None:
 @cli.command("merge")
 @click.argument("base", type=click.Path())
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", type=click.Path(),
               help="Output .anc (default: BASE+ADAPTER[+...].anc beside BASE).")
 @click.option("--weights", metavar="W1,W2,...", help="One weight per adapter (default: 1 each).")
 @click.option("--method", default="linear", show_default=True,
@@ -34,12 +34,13 @@ def _weights(text: str | None) -> list[float] | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of DARE's random drops.")
 @click.option("--rank", type=int, help="Rank of the combined delta (svd).")
 @click.option("--force", is_flag=True, help="Merge adapters made for another base (recorded in the lineage).")
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists (default: refuse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: on a terminal, for large files).")
 def merge_cmd(base: str, adapters: tuple[str, ...], out: str | None, weights: str | None,
               method: str, density: float | None, seed: int, rank: int | None, force: bool,
-              as_json: bool, progress: bool | None) -> None:
+              overwrite: bool, as_json: bool, progress: bool | None) -> None:
     """Merge ADAPTER files (LoRA adapters, attached adapters, freeze deltas) into BASE and write
     a full inference .anc whose lineage lists BASE and every ADAPTER as parents.
 
@@ -48,7 +49,8 @@ def merge_cmd(base: str, adapters: tuple[str, ...], out: str | None, weights: st
     from ..adapters.merge import merge
 
     report = merge(base, list(adapters), out, weights=_weights(weights), method=method,
-                   density=density, seed=seed, rank=rank, force=force, progress=progress)
+                   density=density, seed=seed, rank=rank, force=force, progress=progress,
+                   overwrite=overwrite)
     if as_json:
         emit_json(report.to_dict())
         return

@@ -56,14 +56,21 @@ def export_cmd(file: str, out_dir: str, name: str | None) -> None:
 @adapters.command("attach")
 @click.argument("file", type=click.Path())
 @click.argument("adapter", type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", required=True, type=click.Path(),
               help="The new file (FILE is never modified).")
 @click.option("--name", help="Name of the attached adapter (default: the adapter's own name).")
 @click.option("--force", is_flag=True, help="Attach even if the adapter records another base model, or none.")
-def attach_cmd(file: str, adapter: str, out: str, name: str | None, force: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (default: refuse).")
+def attach_cmd(file: str, adapter: str, out: str, name: str | None, force: bool, overwrite: bool) -> None:
     """Write OUT = FILE plus ADAPTER as a named, unmerged adapter section. The weights and
     content id stay the same."""
     from ..adapters.attach import attach
+    from ..convert.anc_source import check_not_same
+    from ..output_path import check_output
+
+    for src in (file, adapter):
+        check_not_same(src, out)  # "the output is the input file" says more than "exists"
+    check_output(out, overwrite=overwrite)
 
     dst = attach(file, adapter, out, name, force=force)
     click.echo(one_line(f"{file} + {adapter} -> {dst}"))
@@ -72,11 +79,17 @@ def attach_cmd(file: str, adapter: str, out: str, name: str | None, force: bool)
 @adapters.command("detach")
 @click.argument("file", type=click.Path())
 @click.argument("name")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", required=True, type=click.Path(),
               help="The new file (FILE is never modified).")
-def detach_cmd(file: str, name: str, out: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (default: refuse).")
+def detach_cmd(file: str, name: str, out: str, overwrite: bool) -> None:
     """Write OUT = FILE without the attached adapter NAME."""
     from ..adapters.attach import detach
+    from ..convert.anc_source import check_not_same
+    from ..output_path import check_output
+
+    check_not_same(file, out)
+    check_output(out, overwrite=overwrite)
 
     dst = detach(file, name, out)
     click.echo(one_line(f"{file} - {name} -> {dst}"))

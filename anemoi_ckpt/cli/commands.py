@@ -9,10 +9,13 @@ import click
 
 from .. import open_checkpoint
 from ..errors import one_line
+from ..output_path import check_output
 from ..summary import render, summarize
 from .main import cli, emit_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an output file that exists "
+                                "(default: refuse, and write nothing).")
 
 
 @cli.command()
@@ -112,7 +115,7 @@ def _out_name(src: str, to: str | None) -> str:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--out-dir", type=click.Path(file_okay=False), help="Convert several sources into this folder.")
+@click.option("--out-dir", type=click.Path(), help="Convert several sources into this folder.")
 @click.option("--from", "source_format", help="Force the source format (default: detected).")
 @click.option("--dry-run", is_flag=True, help="Read and report; write nothing.")
 @click.option("--keep-layout", is_flag=True,
@@ -134,11 +137,12 @@ def _out_name(src: str, to: str | None) -> str:
               help="With --dtype: cast only tensors matching this glob. Repeatable.")
 @click.option("--base", type=click.Path(), help="PEFT adapters: the base .anc it was trained on "
               "(every adapter tensor is checked against it and its content id recorded).")
+@overwrite_option
 @json_option
 def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | None, dry_run: bool,
             keep_layout: bool, dtype: str | None, optimizer_positional: bool, to: str | None,
             weights: str, keep_dtype: tuple[str, ...], cast_only: tuple[str, ...], base: str | None,
-            as_json: bool) -> None:
+            overwrite: bool, as_json: bool) -> None:
     """Convert SRC into DST (.anc) without running its pickle: `convert SRC DST` or
     `convert SRC... --out-dir DIR`. Every tensor is read back and compared bit for bit."""
     from ..convert import convert as convert_one
@@ -156,7 +160,14 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
                                        "convert them into separate folders")
             seen[dst] = src
         if not dry_run:
+            check_output(out_dir, overwrite=overwrite, kind="dir")
             os.makedirs(out_dir, exist_ok=True)
+    if not dry_run:  # every output before the first conversion: none fails after hours of work
+        from ..convert.anc_source import check_not_same
+
+        for src, dst in jobs:
+            check_not_same(src, dst)  # "the output is the input file" says more than "exists"
+            check_output(dst, overwrite=overwrite)
     reports = []
     for src, dst in jobs:
         r = convert_one(src, dst, source_format=source_format, dry_run=dry_run,
@@ -175,6 +186,16 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
                        + (f"; carried as is: {', '.join(r.carried)}" if r.carried else ""))
     if as_json:
         emit_json(reports if out_dir is not None else reports[0])
+
+
+def _names_a_uuid(text: str) -> bool:
+    """``lineage UUID`` without --catalogue: not a file nor a URL, and shaped like a uuid (prefix)."""
+    import re
+
+    from ..container.urls import is_url
+
+    return (not os.path.exists(text) and not is_url(text)
+            and re.fullmatch(r"[0-9a-fA-F-]{8,}", text) is not None)
 
 
 @cli.command()
@@ -206,6 +227,10 @@ def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], stri
     if strict and not check:
         raise click.UsageError("--strict only applies with --verify")
     resolved = None
+    if catalogue is None and _names_a_uuid(file):
+        from ..catalogue import default_path
+
+        catalogue = default_path()  # $ANEMOI_CKPT_CATALOGUE, else the default: as other commands
     if catalogue is not None:
         from ..catalogue.lineage import lineage_through_catalogue
 

@@ -63,5 +63,7 @@ def main() -> None:
     from . import train_cmds  # noqa: F401
     from . import catalogue_cmds  # noqa: F401
     from . import remote_cmds  # noqa: F401
+    from . import metadata_cmd  # noqa: F401
+    from . import export_cmd  # noqa: F401
 
     cli(prog_name=PROG)

@@ -30,12 +30,13 @@ def _module_line(m, width: int) -> str:  # noqa: ANN001 - an adapters.split.Modu
 @click.option("--attached", is_flag=True, help="Write each adapter attached to FILE to -o DIR.")
 @click.option("-o", "--out", type=click.Path(),
               help="Output file (default: <FILE stem>-lora.anc or -delta.anc), or folder with --attached.")
+@click.option("--overwrite", is_flag=True, help="Replace output files that exist (default: refuse).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: on a terminal, for large files).")
 def split_cmd(file: str, base: str | None, rank: int | None, energy: float | None,
               targets: tuple[str, ...], as_delta: bool, exact_svd: bool, seed: int, attached: bool,
-              out: str | None, as_json: bool, progress: bool | None) -> None:
+              out: str | None, overwrite: bool, as_json: bool, progress: bool | None) -> None:
     """Extract FILE - BASE as a PEFT LoRA adapter (truncated SVD per module, in fp32).
 
     Unchanged tensors are left out; changed tensors that cannot be factorised (biases, norms,
@@ -48,7 +49,7 @@ def split_cmd(file: str, base: str | None, rank: int | None, energy: float | Non
             raise UsageError(None, "--attached takes only FILE and -o DIR")
         if not out:
             raise UsageError(None, "--attached needs -o DIR")
-        paths = split_attached(file, out)
+        paths = split_attached(file, out, overwrite=overwrite)
         if as_json:
             emit_json({"file": file, "written": paths})
         else:
@@ -59,7 +60,8 @@ def split_cmd(file: str, base: str | None, rank: int | None, energy: float | Non
         raise UsageError(None, "split needs --base BASE (or --attached)")
     kind = "delta" if as_delta else "lora"
     report = split(file, base, out, rank=rank, energy=energy, targets=targets or None, kind=kind,
-                   randomized=False if exact_svd else None, seed=seed, progress=progress)
+                   randomized=False if exact_svd else None, seed=seed, progress=progress,
+                   overwrite=overwrite)
     if as_json:
         emit_json(report.to_dict())
         return

@@ -57,14 +57,14 @@ def _quiet_lightning() -> None:
 
 
 def _run(config_file: str, sets: tuple[str, ...], resume: str | None, as_json: bool, pretrain: bool,
-         catalogue: str | None = None, register: bool = False) -> None:
+         catalogue: str | None = None, register: bool = False, overwrite: bool = False) -> None:
     config, run = _trainer()
     _quiet_lightning()
     cfg = config.load_config(config_file, sets)
     if catalogue is not None:
         cfg.catalogue = catalogue
     try:
-        result = run.train(cfg, resume=resume, pretrain=pretrain)
+        result = run.train(cfg, resume=resume, pretrain=pretrain, overwrite=overwrite)
     except config.ConfigError as e:
         if e.file is None:  # a key of the configuration: say which file it is in
             raise config.ConfigError(config_file, e.what, e.hint) from None
@@ -104,21 +104,54 @@ _CATALOGUE = click.option("--catalogue", type=click.Path(), help="Catalogue reso
                           "$ANEMOI_CKPT_CATALOGUE, else ~/.anemoi-ckpt/catalogue.db).")
 
 
+#: ``finetune --example NAME``: the shipped example configs (package data of anemoi_ckpt.trainer),
+#: printed so that users of an installed wheel, without a source checkout, can start from them.
+EXAMPLES = {"lora": "finetune-lora.yaml", "freeze": "finetune-freeze.yaml", "full": "finetune-full.yaml",
+            "anemoi-lora": "finetune-anemoi-lora.yaml", "anemoi-freeze": "finetune-anemoi-freeze.yaml"}
+
+
+def example_text(name: str) -> str:
+    """The shipped example config ``name`` (a key of :data:`EXAMPLES`), as text."""
+    from importlib.resources import files
+
+    resource = files("anemoi_ckpt.trainer").joinpath("configs", EXAMPLES[name])
+    try:
+        return resource.read_text(encoding="utf-8")
+    except OSError:
+        raise UsageError(None, f"the example config {EXAMPLES[name]} is not installed",
+                         "reinstall anemoi-ckpt[trainer]") from None
+
+
+_OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace <name>.anc and <name>-train.anc "
+                          "if they exist in output.dir (default: refuse before training).")
+
+
 @cli.command("finetune")
-@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path())
+@click.argument("config_file", metavar="CONFIG.yaml", required=False, type=click.Path())
 @_SET
 @click.option("--resume", type=click.Path(), help="Continue (or fork) from a training .anc: a path, "
               "a URL or uuid:<uuid> (through the catalogue).")
+@click.option("--example", type=click.Choice(list(EXAMPLES)),
+              help="Print a shipped example config to stdout and exit (e.g. --example lora > ft.yaml).")
 @_CATALOGUE
 @_REGISTER
+@_OVERWRITE
 @_JSON
-def finetune_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, catalogue: str | None,
-                 register: bool, as_json: bool) -> None:
+def finetune_cmd(config_file: str | None, sets: tuple[str, ...], resume: str | None, example: str | None,
+                 catalogue: str | None, register: bool, overwrite: bool, as_json: bool) -> None:
     """Fine-tune the base .anc of CONFIG.yaml; `method: full | lora | freeze` picks the mode.
 
     Writes <output.dir>/<name>.anc (an adapter, a delta or a full model) and <name>-train.anc
-    (the training state, for --resume)."""
-    _run(config_file, sets, resume, as_json, pretrain=False, catalogue=catalogue, register=register)
+    (the training state, for --resume); existing ones are kept unless --overwrite."""
+    if example is not None:
+        if config_file is not None or sets or resume:
+            raise UsageError(None, "--example prints a config and trains nothing: give it alone")
+        click.echo(example_text(example), nl=False)
+        return
+    if config_file is None:
+        raise UsageError(None, "finetune needs CONFIG.yaml", "start from one: anemoi-ckpt finetune --example lora")
+    _run(config_file, sets, resume, as_json, pretrain=False, catalogue=catalogue, register=register,
+         overwrite=overwrite)
 
 
 @cli.command("pretrain")
@@ -128,8 +161,11 @@ def finetune_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, ca
               "uuid:<uuid>).")
 @_CATALOGUE
 @_REGISTER
+@_OVERWRITE
 @_JSON
 def pretrain_cmd(config_file: str, sets: tuple[str, ...], resume: str | None, catalogue: str | None,
-                 register: bool, as_json: bool) -> None:
-    """Train the model of CONFIG.yaml (`model: {builder, config}`) from scratch; writes a full .anc."""
-    _run(config_file, sets, resume, as_json, pretrain=True, catalogue=catalogue, register=register)
+                 register: bool, overwrite: bool, as_json: bool) -> None:
+    """Train the model of CONFIG.yaml (`model: {builder, config}`) from scratch; writes a full .anc
+    (existing outputs are kept unless --overwrite)."""
+    _run(config_file, sets, resume, as_json, pretrain=True, catalogue=catalogue, register=register,
+         overwrite=overwrite)
