@@ -75,3 +75,16 @@ def arrays_equal(a: dict, b: dict) -> bool:
         return False
     return all(arrays_equal(a[k], b[k]) if isinstance(a[k], dict) else np.array_equal(a[k], b[k])
                for k in a)
+
+
+#: the smallest reference model the trainer tests fine-tune (seconds per run on a CPU)
+TINY_REFERENCE = {"size": "tiny", "channels": 8, "layers": 2, "heads": 2, "n_lat": 4, "n_lon": 8, "n_vars": 3}
+
+
+def tiny_reference_base(path: Path, seed: int = 0) -> Path:
+    """A fine-tunable base: the tiny reference model, seeded, saved with its builder spec."""
+    from anemoi_ckpt.builders import build_model, model_spec
+
+    torch.manual_seed(seed)
+    model = build_model({"builder": "reference", "config": TINY_REFERENCE})
+    return anemoi_ckpt.save(path, model.state_dict(), metadata={"model": model_spec(model)})

@@ -11,7 +11,7 @@ import torch
 
 import anemoi_ckpt
 
-from tests.conftest import one_error_line, run_cli
+from tests.conftest import one_error_line, run_cli, tiny_reference_base
 
 
 @pytest.fixture
@@ -89,14 +89,10 @@ def test_lineage_uuid_uses_the_catalogue_env_var(pair: tuple[Path, Path], tmp_pa
 def test_resume_lora_with_another_rank_is_one_line_before_lightning(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     pytest.importorskip("peft")
-    from anemoi_ckpt.builders import build_model, model_spec
     from anemoi_ckpt.trainer.config import load_config
     from anemoi_ckpt.trainer.run import train
 
-    torch.manual_seed(0)
-    model = build_model({"builder": "reference", "config": {"size": "tiny", "channels": 8, "layers": 2,
-                                                            "heads": 2, "n_lat": 4, "n_lon": 8, "n_vars": 3}})
-    base = anemoi_ckpt.save(tmp_path / "base.anc", model.state_dict(), metadata={"model": model_spec(model)})
+    base = tiny_reference_base(tmp_path / "base.anc")
     data = {"base": base, "method": "lora", "max_steps": 1,
             "data": {"n_samples": 8, "batch_size": 4, "val_samples": 4},
             "lora": {"r": 4, "alpha": 8}, "output": {"dir": str(tmp_path / "first"), "name": "run"}}

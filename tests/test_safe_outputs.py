@@ -14,7 +14,7 @@ import anemoi_ckpt
 from anemoi_ckpt.errors import AncError
 from anemoi_ckpt.output_path import check_output
 
-from tests.conftest import one_error_line, run_cli
+from tests.conftest import one_error_line, run_cli, tiny_reference_base
 
 
 @pytest.fixture
@@ -154,12 +154,8 @@ def test_finetune_refuses_existing_outputs_before_training(files: dict[str, Path
 def test_finetune_rerun_refused_overwrite_replaces_and_resume_in_place_continues(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     pytest.importorskip("peft")
-    from anemoi_ckpt.builders import build_model, model_spec
 
-    torch.manual_seed(0)
-    model = build_model({"builder": "reference", "config": {"size": "tiny", "channels": 8, "layers": 2,
-                                                            "heads": 2, "n_lat": 4, "n_lon": 8, "n_vars": 3}})
-    base = anemoi_ckpt.save(tmp_path / "base.anc", model.state_dict(), metadata={"model": model_spec(model)})
+    base = tiny_reference_base(tmp_path / "base.anc")
     out = tmp_path / "run"
     config = tmp_path / "ft.yaml"
     config.write_text(f"base: {base}\nmethod: lora\nmax_steps: 1\n"
