@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from anemoi_ckpt.convert import convert
@@ -211,6 +211,7 @@ def test_list_of_a_string_is_refused(tmp_path: Path) -> None:
 
 @FAST
 @given(refs=st.integers(50, 4_000), size=st.integers(10_000, 200_000), kind=st.sampled_from(["bytes", "str"]))
+@example(refs=736, size=21412, kind="bytes")  # bytes charged raw, written base64: once over the bound
 def test_memo_referenced_leaves_are_bounded(tmp_path: Path, refs: int, size: int, kind: str) -> None:
     """One large bytes/str, referenced ``refs`` times: the output stays within the stated bound
     (the distinct bytes, as much again, plus 16 MiB), or the conversion is refused by name."""

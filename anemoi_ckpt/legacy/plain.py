@@ -152,7 +152,9 @@ class Flattener:
         if isinstance(obj, float):
             return obj if math.isfinite(obj) else {"__float__": repr(obj)}
         if isinstance(obj, (bytes, bytearray)):
-            self.budget.leaf(obj, len(obj))
+            # charged at the size written (base64: 4 characters per 3 bytes), so the bound on the
+            # output holds for bytes as it does for strings
+            self.budget.leaf(obj, 4 * ((len(obj) + 2) // 3))
             return {"__bytes__": base64.b64encode(bytes(obj)).decode("ascii")}
         if isinstance(obj, np.generic):
             return self(obj.item(), path, depth + 1)
