@@ -170,7 +170,8 @@ def rewrite(ck: Checkpoint, dst: str, md: dict[str, Any], parameters: Mapping[st
     arrays = edited_arrays(ck, md)
     meta = ck.metadata.model_dump(mode="json")
     with Writer(dst, kind=ck.kind, metadata=meta, anemoi_metadata=md, supporting_arrays=arrays,
-                parents=[ck], operation=OPERATION, parameters=parameters, durable=durable) as w:
+                parents=[ck], operation=OPERATION, parameters=parameters, durable=durable,
+                compress=ck.compression) as w:
         for name in ck.tensor_sections():
             w.copy_section(name, ck)  # the member's bytes, CRC and digests: nothing re-encoded
         for doc in ck.documents():

@@ -39,6 +39,7 @@ from .container.schema import (FORMAT_VERSION, MAX_JSON_DEPTH, SCHEMA_VERSION, L
 from .tensormap import TensorMapping
 from .container.urls import local_path
 from .container.zipread import Member, read_directory
+from .container.zipappend import SIGNATURE_PATH
 
 if TYPE_CHECKING:
     import torch
@@ -139,7 +140,11 @@ class Checkpoint:
                 raise IntegrityError(self.path, f"{member.size} bytes, manifest says {sec.size}",
                                      "the file is damaged", section=sec.path)
             self._sections[sec.path] = sec
-        for rel in (S.METADATA_PATH, S.LINEAGE_PATH, S.tensor_section_path("weights")):
+        #: tensor section name -> member path (``.safetensors``, or ``.safetensors-zstd`` compressed)
+        self._tensor_rel = {sec.name: rel for rel, sec in self._sections.items()
+                            if sec.tensors is not None and sec.name}
+        weights_rel = self._tensor_rel.get("weights", S.tensor_section_path("weights"))
+        for rel in (S.METADATA_PATH, S.LINEAGE_PATH, weights_rel):
             if rel not in self._sections:
                 raise FormatError(self.path, "required, but not listed in the manifest", section=rel)
         self._tensor_cache: dict[str, TensorMapping] = {}
@@ -171,12 +176,19 @@ class Checkpoint:
                 fail(f"tensor section (role {role!r}) without a tensors table")
             if name is None or not S.valid_section_name(name):
                 fail(f"invalid tensor section name {name!r}")
-            if sec.path != S.tensor_section_path(name):
-                fail(f"name {name!r} and path disagree (a section named {name!r} is "
-                     f"{S.tensor_section_path(name)})")
+            # A compressed section (1.2) carries its frame index and has its own suffix.
+            want = S.tensor_section_path(name) if sec.encoding is None else S.compressed_section_path(name)
+            if sec.path != want:
+                fail(f"name {name!r} and path disagree (a section named {name!r} is {want})")
             if role != S.tensor_role(name):
                 fail(f"role {role!r} for the tensor section {name!r}, which has role {S.tensor_role(name)!r}")
-        elif role == "document":
+        if sec.encoding is not None:
+            if sec.tensors is None:
+                fail("an encoding on a section that is not a tensor section")
+            # an unknown codec is a newer writer's (upgrade), limits broken are damage
+            from .container.compressed import check_encoding
+            check_encoding(self.path, sec.path, sec.encoding.model_dump())
+        if role == "document":
             if name is None or not S.valid_section_name(name):
                 fail(f"invalid document name {name!r}")
             if sec.path != S.document_path(name):
@@ -377,9 +389,15 @@ class Checkpoint:
         return block
 
     def unlisted_members(self) -> list[str]:
-        """Members in the archive that the manifest does not list (a writer lists every one)."""
-        listed = {sec.path for sec in self.manifest.sections} | {S.MANIFEST_PATH}
+        """Members in the archive that the manifest does not list (a writer lists every one), the
+        embedded signature excepted (format 1.2: it signs the manifest, so is never listed)."""
+        listed = {sec.path for sec in self.manifest.sections} | {S.MANIFEST_PATH, SIGNATURE_PATH}
         return [rel for rel in self._members if rel not in listed]
+
+    @property
+    def signed_embedded(self) -> bool:
+        """The file carries an embedded signature member (checked by ``anemoi_ckpt.signing``)."""
+        return SIGNATURE_PATH in self._members
 
     _anemoi_rel_path = f"{S.ANEMOI_FOLDER}/{S.ANEMOI_JSON}"
 
@@ -427,6 +445,24 @@ class Checkpoint:
     def sections(self) -> list[Section]:
         return list(self._sections.values())
 
+    @property
+    def compression(self) -> str:
+        """How the weights are stored, as a ``compress`` value for a writer: ``"zstd:LEVEL"``
+        (compressed sections, format 1.2) or ``"none"``."""
+        enc = self.section(self.tensor_section_rel("weights")).encoding
+        if enc is None:
+            return "none"
+        return f"zstd:{enc.level}" if isinstance(enc.level, int) and 1 <= enc.level <= 22 else "zstd"
+
+    def tensor_section_rel(self, name: str) -> str:
+        """The member path of tensor section ``name`` (``<name>.safetensors``, or
+        ``<name>.safetensors-zstd`` when compressed, format 1.2)."""
+        try:
+            return self._tensor_rel[name]
+        except KeyError:
+            raise UsageError(self.path, f"no tensor section {name!r}",
+                             f"sections: {', '.join(self.tensor_sections()) or 'none'}") from None
+
     def tensor_sections(self) -> list[str]:
         return [s.name for s in self._sections.values() if s.tensors is not None and s.name]
 
@@ -465,7 +501,7 @@ class Checkpoint:
     def tensors(self, section: str = "weights") -> "TensorMapping":
         """A lazy, read-only mapping of name to tensor for a tensor section."""
         if section not in self._tensor_cache:
-            rel = S.tensor_section_path(section)
+            rel = self._tensor_rel.get(section, "")
             sec = self._sections.get(rel)
             if sec is None or sec.tensors is None:
                 raise UsageError(self.path, f"no tensor section {section!r}",
@@ -485,7 +521,7 @@ class Checkpoint:
         mapping = self.tensors(section)  # checks the name
         self._check_open()
         if names is None:
-            member = self._members[S.tensor_section_path(section)]
+            member = self._members[self._tensor_rel[section]]
             self._bytes.ahead(member.data_offset, member.size)
             return
         spans = []
@@ -493,8 +529,8 @@ class Checkpoint:
             target = mapping.aliases.get(name, name)
             if target not in mapping.entries:
                 raise UsageError(self.path, f"no tensor {name!r} in section {section!r}")
-            start = mapping._offsets[target]
-            spans.append((start, start + mapping.entries[target].nbytes))
+            start, n = mapping.stored_span(target)
+            spans.append((start, start + n))
         self._bytes.ahead_spans(spans)
 
     def state_dict(self, section: str = "weights") -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,10 @@ from .container.dtypes import code_of
 from .container.tensorio import AliasTracker, flatten
 from .container.tensorsection import TensorSectionWriter, exact_reserve
 from .container.zipwrite import ZipWriter
+from .tensormap import TensorMapping
+
+if TYPE_CHECKING:
+    from .container.codec import Compression
 
 _KINDS = ("training", "inference", "adapter", "delta")
 
@@ -87,6 +91,8 @@ class Writer:
     ``operation``/``parameters`` make this file's lineage record; ancestors' records are copied
     in. ``header_reserve`` is the room kept for each section's safetensors header (a larger
     header still works: the data is moved up in bounded chunks). ``durable=False`` skips fsync.
+    ``compress`` (``"zstd"``, ``"zstd:LEVEL"``, ``"none"`` or None = none) writes every tensor
+    section compressed (format 1.2; same digests and content id as uncompressed).
     """
 
     def __init__(self, path: str | os.PathLike, *, kind: Kind = "inference",
@@ -97,11 +103,16 @@ class Writer:
                  parameters: Mapping[str, Any] | None = None,
                  header_reserve: int = 64 << 10, progress: Progress | None = None,
                  durable: bool = True, keep_anemoi_uuid: bool = False,
-                 lineage_info: Mapping[str, Any] | None = None) -> None:
+                 lineage_info: Mapping[str, Any] | None = None,
+                 compress: "str | Compression | None" = None) -> None:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
         self.path = os.fspath(path)
         self.kind = kind
+        from .container.codec import parse_compress
+
+        #: the compression asked for (None: uncompressed, memory-mappable sections)
+        self.compression = parse_compress(compress)  # ValueError before any file is made
         from .remote.download import check_remote_output
 
         check_remote_output(self.path)  # before anything: atomic_output would make "s3:/..." here
@@ -144,12 +155,21 @@ class Writer:
         if section in self._closed_names:
             raise ValueError(f"section {section!r} was already closed; add its tensors together")
         self._close_section()
-        tw = TensorSectionWriter(self._zw, f"{self._root}/{S.tensor_section_path(section)}", self._pool,
-                                 self._crc_pool,
-                                 reserve=self._reserve if reserve is None else reserve,
-                                 on_bytes=self._progress.update if self._progress else None)
+        args = (self._zw, f"{self._root}/{self._section_rel(section)}", self._pool, self._crc_pool)
+        kwargs: dict[str, Any] = {"reserve": self._reserve if reserve is None else reserve,
+                                  "on_bytes": self._progress.update if self._progress else None}
+        if self.compression is None:
+            tw = TensorSectionWriter(*args, **kwargs)
+        else:
+            from .container.compressedwriter import CompressedSectionWriter
+
+            tw = CompressedSectionWriter(*args, compression=self.compression, **kwargs)
         self._open = (section, tw)
         return tw
+
+    def _section_rel(self, section: str) -> str:
+        return S.tensor_section_path(section) if self.compression is None \
+            else S.compressed_section_path(section)
 
     def add(self, name: str, tensor: torch.Tensor, *, section: str = "weights",
             release: Callable[[], None] | None = None) -> None:
@@ -169,14 +189,21 @@ class Writer:
     def copy_section(self, section: str, source: Any, name: str | None = None) -> None:
         """Copy tensor section ``name`` of the open ``.anc`` ``source`` unchanged as ``section``:
         the member's bytes by the kernel, its CRC, digests and alias table from the source. The
-        caller proves the copy (re-reading it against those digests) after the commit."""
+        caller proves the copy (re-reading it against those digests) after the commit.
+
+        A section stored otherwise than this writer's ``compress`` asks (compressed into an
+        uncompressed file, or the reverse, or at another level) is re-encoded tensor by tensor
+        instead: same tensors, same digests."""
         name = name or section
         if not S.valid_section_name(section) or section in self._closed_names:
             raise ValueError(f"section {section!r} is invalid or already written")
         self._close_section()
-        rel = S.tensor_section_path(name)
+        rel = source.tensor_section_rel(name)
         sec, member = source.section(rel), source._members[rel]
-        with self._zw.open_member(f"{self._root}/{S.tensor_section_path(section)}") as m:
+        if not _same_encoding(sec.encoding, self.compression):
+            self._transcode_section(section, source, name)
+            return
+        with self._zw.open_member(f"{self._root}/{self._section_rel(section)}") as m:
             if source.remote is None:
                 m.copy_from(source._fh.fileno(), member.data_offset, member.size, member.crc)
             else:  # a URL: the bytes pass through here, in chunks
@@ -186,14 +213,31 @@ class Writer:
         if self._progress:
             self._progress.update(member.size)
         self._closed_names.add(section)
-        self._sections.append(Section(path=S.tensor_section_path(section), role=S.tensor_role(section),
+        self._sections.append(Section(path=self._section_rel(section), role=S.tensor_role(section),
                                       name=section, required=True, size=member.size, digest=sec.digest,
-                                      media_type=S.SAFETENSORS, tensors=sec.tensors))
+                                      media_type=S.SAFETENSORS, tensors=sec.tensors,
+                                      encoding=sec.encoding))
         if section == "weights":
             table, entries = sec.tensors, source.tensors(name).entries
             by_name = {n: (e.dtype, tuple(e.shape), table.digests[n]) for n, e in entries.items()}
             by_name.update({a: by_name[t] for a, t in table.aliases.items()})
             self._weights_entries = [(n, c, s, d) for n, (c, s, d) in by_name.items()]
+
+    def _transcode_section(self, section: str, source: Any, name: str) -> None:
+        """Section ``name`` of ``source`` re-encoded as ``section``, a tensor at a time (a
+        compressed source is decoded one tensor at a time: memory stays near the largest)."""
+        self._add_mapping(section, source.tensors(name))
+
+    def _add_mapping(self, section: str, mapping: TensorMapping) -> None:
+        """An open file's tensor section, stored tensors in payload order and its aliases as
+        aliases (a compressed section's tensors are decoded copies: identity cannot tell)."""
+        stored = sorted(mapping.entries.values(), key=lambda e: e.begin)
+        self.begin_section(section, [(e.name, e.dtype, tuple(e.shape), e.nbytes) for e in stored])
+        tw = self._section(section)
+        for e in stored:
+            tw.add(e.name, flatten(mapping[e.name]))  # never an alias: each stored tensor once
+        for alias, target in mapping.aliases.items():
+            tw.add_alias(alias, target)
 
     def add_alias(self, alias: str, target: str, *, section: str = "weights") -> None:
         tw = self._section(section)
@@ -211,6 +255,9 @@ class Writer:
     def add_section(self, section: str, tensors: Mapping[str, torch.Tensor]) -> None:
         """Add a whole tensor section at once. Its header size is known in advance, so it is
         reserved exactly and the data never moves; aliases follow their targets."""
+        if isinstance(tensors, TensorMapping):  # another file's section: decoded once per tensor
+            self._add_mapping(section, tensors)
+            return
         stored, aliases = _plan(tensors)
         self.begin_section(section, [(n, code_of(tensors[n].dtype), tuple(tensors[n].shape),
                                       tensors[n].numel() * tensors[n].element_size()) for n in stored])
@@ -224,9 +271,10 @@ class Writer:
         self._open = None
         table, digest, size, entries = tw.close()
         self._closed_names.add(name)
-        self._sections.append(Section(path=S.tensor_section_path(name), role=S.tensor_role(name),
+        self._sections.append(Section(path=self._section_rel(name), role=S.tensor_role(name),
                                       name=name, required=True, size=size, digest=digest,
-                                      media_type=S.SAFETENSORS, tensors=table))
+                                      media_type=S.SAFETENSORS, tensors=table,
+                                      encoding=getattr(tw, "encoding", None)))
         if name == "weights":
             by_name = {e.name: (e.dtype, e.shape, table.digests[e.name]) for e in entries}
             by_name.update({a: by_name[t] for a, t in table.aliases.items()})
@@ -342,6 +390,15 @@ class Writer:
             self.abort()
 
 
+def _same_encoding(encoding: Any, compression: Any) -> bool:
+    """Whether a section stored with ``encoding`` (a manifest ``Encoding`` or None) can be copied
+    byte for byte into a file written with ``compression`` (a ``codec.Compression`` or None)."""
+    if encoding is None or compression is None:
+        return encoding is None and compression is None
+    return (encoding.codec, encoding.transform, encoding.level, encoding.chunk_size) == \
+        ("zstd", "byte-planes", compression.level, compression.chunk_size)
+
+
 def _plan(tensors: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Split names into stored tensors, sorted like safetensors (larger item size first, then
     name, so each tensor stays aligned to its item size), and aliases of earlier names."""
@@ -359,13 +416,15 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, kind: 
          supporting_arrays: Mapping[str, Any] | None = None, parents: Iterable[Any] = (),
          operation: str | None = None, parameters: Mapping[str, Any] | None = None,
          sections: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-         progress: bool | None = None, durable: bool = True) -> str:
+         progress: bool | None = None, durable: bool = True,
+         compress: "str | Compression | None" = None) -> str:
     """Write ``tensors`` (and optional extra tensor ``sections``, e.g. ``{"graph": {...}}``) to an
     ``.anc`` at ``path`` atomically. Returns the path.
 
     ``durable=False`` skips the fsync calls: the rename is still atomic (readers see the old file
     or the new one), but after a power cut the new file may be missing; about half the time of a
-    1 GB save on our machines goes to fsync (benchmarks/README.md)."""
+    1 GB save on our machines goes to fsync (benchmarks/README.md). ``compress``: see
+    :class:`Writer`."""
     if sections and "weights" in sections:
         raise ValueError("pass the weights as `tensors`, not in `sections`")
     all_sections = {"weights": tensors, **(sections or {})}
@@ -373,7 +432,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, kind: 
     with Progress.for_bytes(total, f"writing {os.path.basename(os.fspath(path))}", progress) as bar:
         with Writer(path, kind=kind, metadata=metadata, anemoi_metadata=anemoi_metadata,
                     supporting_arrays=supporting_arrays, parents=parents, operation=operation,
-                    parameters=parameters, progress=bar, durable=durable) as w:
+                    parameters=parameters, progress=bar, durable=durable, compress=compress) as w:
             for name, sec in all_sections.items():
                 w.add_section(name, sec)
     return os.fspath(path)

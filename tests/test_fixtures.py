@@ -63,7 +63,11 @@ def test_golden_tensor_members_open_with_safetensors(version: str, name: str, in
     with zipfile.ZipFile(FIXTURES / version / name) as zf:
         zf.extractall(tmp_path)
     for section, expected in info["tensors"].items():
-        (member,) = tmp_path.glob(f"*/{section}.safetensors")
+        (member,) = tmp_path.glob(f"*/{section}.safetensors*")
+        if member.name.endswith(".safetensors-zstd"):  # compressed (1.2): refused, never misread
+            with pytest.raises(safetensors.SafetensorError, match="not fully covered"):
+                safetensors.safe_open(member, framework="pt")
+            continue
         with safetensors.safe_open(member, framework="pt") as f:  # the Rust header parser
             stored = set(f.keys())
         assert stored == set(expected) - set(info["aliases"][section])

@@ -82,7 +82,8 @@ def _regions(blob: bytes, path: Path) -> list[tuple[int, int]]:
     for rel in ("manifest.json", "lineage.json", "metadata.json"):
         out.append(section_span(path, rel))
     out.append((max(0, len(blob) - 600), len(blob)))  # central directory and end records
-    start, _ = section_span(path, "weights.safetensors")
+    with anemoi_ckpt.open(path) as ck:  # weights.safetensors, or -zstd compressed (1.2)
+        start, _ = section_span(path, ck.tensor_section_rel("weights"))
     out.append((start, start + 200))
     return out
 

@@ -19,8 +19,9 @@ __all__ += ["SplitReport", "split", "split_attached"]
 
 # merge: LoRA adapters and freeze deltas folded into a base
 from .merge import MergeReport, merge  # noqa: E402
+from ..lineage.signers import TrustPolicy  # noqa: E402 - merge(..., require_signed=TrustPolicy(...))
 
-__all__ += ["MergeReport", "merge"]
+__all__ += ["MergeReport", "TrustPolicy", "merge"]
 
 # writing what a fine-tune produced: an adapter (LoRA) or delta (freeze) file
 from .write import adapter_tensors, changed_tensors, peft_config_json, write_finetune  # noqa: E402

@@ -36,7 +36,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -51,6 +51,9 @@ from ..writer import Writer
 from . import lora_config as LC, maths
 from .model import Adapter, open_adapters
 from .peft_keys import base_tensor_name, group_keys
+
+if TYPE_CHECKING:
+    from ..lineage.signers import SignerStatus, TrustPolicy
 
 #: Tensor sections an inference file keeps beside ``weights`` (as ``convert --to inference``).
 KEPT_SECTIONS = ("graph", "buffers")
@@ -70,6 +73,9 @@ class MergeReport:
     #: per adapter: name, source file, kind, modules (or tensors) applied
     adapters: list[dict[str, Any]] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)
+    #: with require_signed: base then each input file, the verified signature (signer, method,
+    #: form, digest, where it was read)
+    signed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -321,12 +327,20 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
           out: str | os.PathLike | None = None, *, weights: Sequence[float] | None = None,
           method: str = "linear", density: float | None = None, seed: int = 0,
           rank: int | None = None, force: bool = False, durable: bool = True,
-          progress: bool | None = None, overwrite: bool = True) -> MergeReport:
+          progress: bool | None = None, overwrite: bool = True,
+          require_signed: "TrustPolicy | None" = None) -> MergeReport:
     """Merge the adapters in ``adapters`` (paths of ``.anc`` files of kind adapter or delta, or
     with adapters attached) into ``base`` and write a full inference ``.anc``. See the module
-    docstring for the order of operations; every refusal happens before anything is written."""
+    docstring for the order of operations; every refusal happens before anything is written.
+
+    ``require_signed`` (a :class:`~anemoi_ckpt.lineage.signers.TrustPolicy`): the base and every
+    adapter file must be signed by a signer it trusts, each adapter signed for this base
+    (:mod:`.signed`); the verified signatures are recorded in the output's lineage."""
     if not adapters:
         raise UsageError(None, "no adapter to merge")
+    if require_signed is not None and force:
+        raise UsageError(None, "--force and --require-signed contradict each other",
+                         "a signed adapter is merged only into the base it was signed for")
     paths = [os.fspath(p) for p in adapters]
     with ExitStack() as stack:
         if isinstance(base, Checkpoint):
@@ -347,6 +361,11 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
             files.append(ck)
             _attach_delta_section(ck, found)
             ads.extend(found)
+        signed = None
+        if require_signed is not None:  # before any adapter tensor is read
+            from .signed import check_signed_inputs
+
+            signed = check_signed_inputs(base_ck, files, require_signed)
         w = _check_options(method, len(ads), weights, density, rank)
         seed = _check_seed(seed)
         forced = []
@@ -370,7 +389,7 @@ def merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[str | os.Path
         # Pages are released behind the stream only on a map this call opened: a caller's open
         # Checkpoint may hold tensors it changed in place (private copy-on-write pages).
         return _write(base_ck, files, ads, plan, dst, w, method, density, seed, rank, forced,
-                      durable, progress, release_pages=not isinstance(base, Checkpoint))
+                      durable, progress, release_pages=not isinstance(base, Checkpoint), signed=signed)
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
 
 
@@ -397,7 +416,9 @@ def _itemsize(code: str) -> int:
 def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: _Plan, dst: str,
            w: list[float], method: str, density: float | None, seed: int, rank: int | None,
            forced: list[str], durable: bool, progress: bool | None,
-           release_pages: bool = True) -> MergeReport:
+           release_pages: bool = True, signed: "list[SignerStatus] | None" = None) -> MergeReport:
+    from .signed import lineage_parents
+
     bt = base.tensors("weights")
     specs = [(n, bt.entries[bt.aliases.get(n, n)].dtype, tuple(bt.entries[bt.aliases.get(n, n)].shape),
               bt.entries[bt.aliases.get(n, n)].nbytes) for n in bt]
@@ -417,7 +438,7 @@ def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: 
     with Progress.for_bytes(total, f"merging into {os.path.basename(dst)}", progress) as bar, \
             Writer(dst, kind="inference", metadata=extra, anemoi_metadata=md,
                    supporting_arrays=base.supporting_arrays if md else None,
-                   parents=[base, *files], operation="merge", parameters=params,
+                   parents=lineage_parents(base, files, signed), operation="merge", parameters=params,
                    progress=bar, durable=durable) as wr:
         wr.begin_section("weights", specs)
         release = page_releaser(base._mm if release_pages else None)
@@ -448,7 +469,8 @@ def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: 
     assert wr.content_id is not None
     report = [{"name": ad.name, "source": ad.source[0], "kind": ad.kind, "modules": mods}
               for ad, mods in zip(ads, plan.applied)]
-    return MergeReport(dst, wr.uuid, wr.content_id, method, changed, report, forced)
+    return MergeReport(dst, wr.uuid, wr.content_id, method, changed, report, forced,
+                       [st.to_dict() for st in signed or []])
 
 
 __all__ = ["MergeReport", "merge"]

@@ -11,6 +11,7 @@ import click
 
 from ..errors import UsageError, one_line
 from .main import cli, emit_json
+from .trust_opts import policy_from, trust_options
 
 
 def _weights(text: str | None) -> list[float] | None:
@@ -35,25 +36,39 @@ def _weights(text: str | None) -> list[float] | None:
 @click.option("--rank", type=int, help="Rank of the combined delta (svd).")
 @click.option("--force", is_flag=True, help="Merge adapters made for another base (recorded in the lineage).")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists (default: refuse).")
+@click.option("--require-signed", is_flag=True,
+              help="Refuse unless BASE and every ADAPTER carry a signature (FILE.sig or embedded) "
+                   "by a signer trusted below, each adapter signed for BASE; the signers are "
+                   "recorded in the output's lineage.")
+@trust_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: on a terminal, for large files).")
 def merge_cmd(base: str, adapters: tuple[str, ...], out: str | None, weights: str | None,
               method: str, density: float | None, seed: int, rank: int | None, force: bool,
-              overwrite: bool, as_json: bool, progress: bool | None) -> None:
+              overwrite: bool, require_signed: bool, public_keys: tuple[str, ...],
+              certificate_chain: tuple[str, ...], identity: str | None, issuer: str | None,
+              as_json: bool, progress: bool | None) -> None:
     """Merge ADAPTER files (LoRA adapters, attached adapters, freeze deltas) into BASE and write
     a full inference .anc whose lineage lists BASE and every ADAPTER as parents.
 
     Each LoRA delta is scale * B @ A (rsLoRA, rank/alpha patterns and DoRA as PEFT defines
     them), combined per tensor by --method and added in fp32. Prints the output path."""
-    from ..adapters.merge import merge
-
+    policy = policy_from(public_keys, certificate_chain, identity, issuer)
+    if policy.given and not require_signed:
+        raise UsageError(None, "--public-key, --certificate-chain and --identity apply with --require-signed")
+    if require_signed and not policy.given:
+        raise UsageError(None, "--require-signed needs whom to trust",
+                         "give --public-key KEY, --certificate-chain CA, or --identity ID --issuer URL")
+    from ..adapters.merge import merge  # torch: only once the options make sense
     report = merge(base, list(adapters), out, weights=_weights(weights), method=method,
                    density=density, seed=seed, rank=rank, force=force, progress=progress,
-                   overwrite=overwrite)
+                   overwrite=overwrite, require_signed=policy if require_signed else None)
     if as_json:
         emit_json(report.to_dict())
         return
     if report.forced:
         click.echo(f"anemoi-ckpt: warning: merged onto another base: {', '.join(report.forced)}", err=True)
+    for s in report.signed:  # on stderr: stdout stays the output path, for scripts
+        click.echo(one_line(f"signed by {s['signer']} ({s['form']}), trusted: {s['path']}"), err=True)
     click.echo(one_line(report.path))

@@ -16,6 +16,7 @@ from ..errors import one_line
 from ..lineage.view import short_cid, short_date, short_uuid
 from ..summary import human_size as summary_size
 from .main import cli, emit_json
+from .trust_opts import policy_from, trust_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 DEFAULT_HELP = "$ANEMOI_CKPT_CATALOGUE, else ~/.anemoi-ckpt/catalogue.db"
@@ -125,13 +126,27 @@ def list_cmd(tag: str | None, kind: str | None, db: str, as_json: bool) -> None:
 
 @catalogue.command()
 @click.argument("uuid")
+@click.option("--signatures", "check_signatures", is_flag=True,
+              help="Also say who signed UUID and each ancestor, from the first located copy of each "
+                   "(reads every byte of each); implied by a trust option. Exit 1 when a signature "
+                   "is invalid or, with trust options, not by a trusted signer.")
+@trust_options
 @catalogue_option
 @json_option
-def show(uuid: str, db: str, as_json: bool) -> None:
-    """Everything the catalogue knows about UUID: identity, tags, locations, parents, children."""
+def show(uuid: str, check_signatures: bool, public_keys: tuple[str, ...],
+         certificate_chain: tuple[str, ...], identity: str | None, issuer: str | None, db: str,
+         as_json: bool) -> None:
+    """Everything the catalogue knows about UUID: identity, tags, locations, parents, children
+    (and, with --signatures, signers)."""
     info = cat.show(db, uuid)
+    policy = policy_from(public_keys, certificate_chain, identity, issuer)
+    if check_signatures or policy.given:
+        from ..catalogue.signers import signers
+
+        info["signatures"] = signers(db, info["uuid"], policy)
     if as_json:
         emit_json(info)
+        _fail_on_bad_signatures(info)
         return
     rows = [["uuid", one_line(info["uuid"])],
             ["registered", "yes" if info["registered"] else "no (known as an ancestor only)"],
@@ -152,6 +167,27 @@ def show(uuid: str, db: str, as_json: bool) -> None:
                       "registered" if d["registered"] else "record only"] for d in items]
         for line in columns(table):
             click.echo(line)
+    if "signatures" in info:
+        from ..lineage.signers import signature_text
+
+        click.echo("signatures:")
+        table = [[f"  {short_uuid(d['uuid'])}", d["relation"], one_line(d["location"] or "-"),
+                  signature_text(d["signature"]) if d["signature"] else "no copy located"]
+                 for d in info["signatures"]]
+        for line in columns(table):
+            click.echo(line)
+    _fail_on_bad_signatures(info)
+
+
+def _fail_on_bad_signatures(info: dict[str, Any]) -> None:
+    from ..lineage.signers import BAD
+
+    bad = [d for d in info.get("signatures", []) if d["signature"] and d["signature"]["state"] in BAD]
+    if bad:
+        names = ", ".join(short_uuid(d["uuid"]) for d in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        click.echo(one_line(f"anemoi-ckpt: error: {info['uuid']}: {len(bad)} checkpoint(s) with an "
+                            f"invalid or untrusted signature: {names}"), err=True)
+        raise SystemExit(1)
 
 
 @catalogue.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,6 +13,8 @@ from ..errors import one_line
 from ..output_path import check_output
 from ..summary import render, summarize
 from .main import cli, emit_json
+from .signature_opts import check_signature, signature_lines, signature_options
+from .trust_opts import policy_from, trust_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an output file that exists "
@@ -34,13 +37,20 @@ def inspect(file: str, as_json: bool) -> None:
 @click.argument("file", type=click.Path())
 @json_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal, for large files).")
-def verify(file: str, as_json: bool, progress: bool | None) -> None:
-    """Recompute every digest and the content id of FILE. Exit 0 when intact, 1 when damaged."""
+@signature_options
+def verify(file: str, as_json: bool, progress: bool | None, **trust: Any) -> None:
+    """Recompute every digest and the content id of FILE. Exit 0 when intact, 1 when damaged.
+
+    With --signature (or a trust option), first check FILE's signature (docs/signing.md): exit 1,
+    one line, when it is missing, does not verify or is not trusted."""
     with open_checkpoint(file) as ck:
+        verified = check_signature(ck, **trust)  # None without signature options
         report = ck.verify(progress=progress)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"signature": verified.to_dict()} if verified else {})})
     else:
+        for line in signature_lines(verified, report.signed_embedded):
+            click.echo(line)
         for s in report.sections:
             status = "ok" if s.ok else f"DAMAGED: {s.problem}"
             click.echo(f"  {s.path:<40} {status}")
@@ -137,16 +147,25 @@ def _out_name(src: str, to: str | None) -> str:
               help="With --dtype: cast only tensors matching this glob. Repeatable.")
 @click.option("--base", type=click.Path(), help="PEFT adapters: the base .anc it was trained on "
               "(every adapter tensor is checked against it and its content id recorded).")
+@click.option("--compress", metavar="zstd[:LEVEL]|none",
+              help="zstd[:LEVEL] (level 1-22, default 3): store tensor sections compressed (format "
+                   "1.2, read transparently); none: uncompressed, memory-mappable. Same content id "
+                   "either way. Default: as an .anc source is stored; none for other sources.")
 @overwrite_option
 @json_option
 def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | None, dry_run: bool,
             keep_layout: bool, dtype: str | None, optimizer_positional: bool, to: str | None,
             weights: str, keep_dtype: tuple[str, ...], cast_only: tuple[str, ...], base: str | None,
-            overwrite: bool, as_json: bool) -> None:
+            compress: str | None, overwrite: bool, as_json: bool) -> None:
     """Convert SRC into DST (.anc) without running its pickle: `convert SRC DST` or
     `convert SRC... --out-dir DIR`. Every tensor is read back and compared bit for bit."""
+    from ..container.codec import parse_compress
     from ..convert import convert as convert_one
 
+    try:
+        parse_compress(compress)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--compress") from None
     if out_dir is None:
         if len(paths) != 2:
             raise click.UsageError("give SRC DST, or SRC... --out-dir DIR")
@@ -172,7 +191,8 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
     for src, dst in jobs:
         r = convert_one(src, dst, source_format=source_format, dry_run=dry_run,
                         keep_layout=keep_layout, dtype=dtype, optimizer_positional=optimizer_positional,
-                        to=to, weights=weights, keep_dtype=keep_dtype, cast_only=cast_only, base=base)
+                        to=to, weights=weights, keep_dtype=keep_dtype, cast_only=cast_only, base=base,
+                        compress=compress)
         reports.append(r.to_dict())
         if not as_json:
             counts = ", ".join(f"{n} {s}" for s, n in r.tensors.items()) or "no tensors"
@@ -183,6 +203,8 @@ def convert(paths: tuple[str, ...], out_dir: str | None, source_format: str | No
                           f"content id {r.content_id}")
                        + (f"; layout steps: {', '.join(r.steps)}" if r.steps else "")
                        + (f"; weights: {r.weights}" if r.weights else "")
+                       + (f"; stored {r.compression}, {r.stored_bytes:,} bytes"
+                          if r.compression not in (None, "none") and not dry_run else "")
                        + (f"; carried as is: {', '.join(r.carried)}" if r.carried else ""))
     if as_json:
         emit_json(reports if out_dir is not None else reports[0])
@@ -211,17 +233,25 @@ def _names_a_uuid(text: str) -> bool:
 @click.option("--catalogue", type=click.Path(),
               help="Complete the history with the records this catalogue holds (parents FILE names "
                    "only by reference); FILE may then be a registered uuid.")
+@trust_options
 @json_option
 def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], strict: bool,
-            progress: bool | None, catalogue: str | None, as_json: bool) -> None:
+            progress: bool | None, catalogue: str | None, public_keys: tuple[str, ...],
+            certificate_chain: tuple[str, ...], identity: str | None, issuer: str | None,
+            as_json: bool) -> None:
     """Show where FILE came from: its lineage record and its ancestors'.
 
     Reads only FILE's manifest and lineage.json, never its tensors (for a URL: a few kilobytes).
     With --verify, exit 1 when an ancestor found differs from its record (or, with --strict, is
-    missing)."""
+    missing), and say who signed each one found: exit 1 too when a signature is invalid, or not
+    made by a signer the trust options name (without them, signers are reported, not judged)."""
+    from ..lineage.signers import judge_ancestors
     from ..lineage.verify import report_lines, verify_lineage
     from ..lineage.view import RENDERERS, check_lineage
 
+    policy = policy_from(public_keys, certificate_chain, identity, issuer)
+    if policy.given and not check:
+        raise click.UsageError("--public-key, --certificate-chain and --identity apply with --verify")
     if check and not search_dirs:
         raise click.UsageError("--verify needs at least one --search DIR")
     if strict and not check:
@@ -240,6 +270,7 @@ def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], stri
             block, own = ck.lineage, ck.uuid
         check_lineage(block, file, own)
     statuses = verify_lineage(block, search_dirs, progress) if check else None
+    badly_signed = judge_ancestors(statuses, policy) if statuses is not None else []
     if as_json:
         doc = {"file": file, "lineage": block.model_dump(mode="json")}
         if resolved is not None:
@@ -259,10 +290,16 @@ def lineage(file: str, fmt: str, check: bool, search_dirs: tuple[str, ...], stri
                 click.echo(line, err=to_err)
     if statuses is not None:
         bad = [s for s in statuses if s.status == "different" or (strict and s.status == "missing")]
+        problems = []
         if bad:
             names = ", ".join(s.name() for s in bad[:5]) + (" ..." if len(bad) > 5 else "")
             what = "differ from their record" + (" or are missing" if strict else "")
-            click.echo(one_line(f"anemoi-ckpt: error: {file}: {len(bad)} ancestor(s) {what}: {names}"), err=True)
+            problems.append(f"{len(bad)} ancestor(s) {what}: {names}")
+        if badly_signed:
+            names = ", ".join(s.name() for s in badly_signed[:5]) + (" ..." if len(badly_signed) > 5 else "")
+            problems.append(f"{len(badly_signed)} ancestor(s) have an invalid or untrusted signature: {names}")
+        if problems:
+            click.echo(one_line(f"anemoi-ckpt: error: {file}: {'; '.join(problems)}"), err=True)
             raise SystemExit(1)
 
 

@@ -65,5 +65,6 @@ def main() -> None:
     from . import remote_cmds  # noqa: F401
     from . import metadata_cmd  # noqa: F401
     from . import export_cmd  # noqa: F401
+    from . import sign_cmds  # noqa: F401
 
     cli(prog_name=PROG)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT_NAME = "anemoi-ckpt"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 SCHEMA_VERSION = "1.0"
 
 #: ``sha256:`` and 64 lowercase hex digits: a member or section digest, a content id.
@@ -86,6 +86,24 @@ class TensorTable(_Open):
                                                 "(required; {} when there is none).")
 
 
+class Encoding(_Open):
+    """How a compressed tensor section (format 1.2) stores its tensors: the frame index
+    (docs/format.md, "Compressed tensor sections (1.2)")."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    codec: str = Field(description="'zstd'.")
+    transform: str = Field(description="'byte-planes': floating-point chunks are stored as byte "
+                                       "planes before compression.")
+    level: int | None = Field(default=None, description="The zstd level the writer used "
+                                                        "(informational; decoding does not need it).")
+    chunk_size: int = Field(description="Logical bytes per frame (the last frame of a tensor may "
+                                        "hold fewer); a multiple of 8.")
+    size: int = Field(description="Logical member size: the same section uncompressed.")
+    frames: list[int] = Field(description="Stored size of every frame, in payload order; each "
+                                          "tensor has ceil(nbytes / chunk_size) frames.")
+
+
 class Section(_Open):
     path: str = Field(description="Member path relative to the root folder.")
     role: str = Field(description="What the member holds; see docs/format.md, 'Section roles'.")
@@ -99,6 +117,8 @@ class Section(_Open):
     media_type: str = Field(description="application/vnd.safetensors, application/json, "
                                         "application/x-numpy-raw or application/msgpack.")
     tensors: TensorTable | None = None
+    encoding: Encoding | None = Field(default=None, description="Compressed tensor sections only "
+                                      "(format 1.2): the frame index. `size` is then the stored size.")
 
 
 class Manifest(_Open):
@@ -133,10 +153,23 @@ class Metadata(_Open):
     user: dict[str, Any] = Field(default_factory=dict, description="Free-form, user-owned.")
 
 
+class SignatureRef(_Open):
+    """A parent's signature as it was verified when the child was written (merge --require-signed)."""
+
+    signer: str = Field(description="Who signed: the key fingerprint 'sha256:<hex>', the certificate "
+                                    "subject, or the Sigstore identity.")
+    method: str = Field(description="How: 'key', 'certificate' or 'sigstore'.")
+    form: str = Field(description="'embedded' (a signature member) or 'detached' (FILE.sig).")
+    digest: str = Field(pattern=TAGGED_SHA256, description="'sha256:<hex>' of the signature bundle bytes.")
+
+
 class ParentRef(_Open):
     uuid: str
     content_id: str | None = None
     role: str | None = Field(default=None, description="e.g. base, adapter, source.")
+    signature: SignatureRef | None = Field(
+        default=None, description="The parent's verified signature, when the writer required one "
+                                  "(merge --require-signed); null otherwise.")
 
 
 class Tool(_Open):

@@ -73,6 +73,15 @@ def tensor_section_path(name: str) -> str:
     return f"{name}.safetensors"
 
 
+#: A compressed tensor section's suffix (format 1.2): not ``.safetensors``, since its payload is
+#: zstd frames, and a different path makes a 1.1 reader refuse the file instead of misreading it.
+COMPRESSED_SUFFIX = ".safetensors-zstd"
+
+
+def compressed_section_path(name: str) -> str:
+    return f"{name}{COMPRESSED_SUFFIX}"
+
+
 def document_path(name: str) -> str:
     return f"documents/{name}.json"
 
@@ -96,6 +105,8 @@ def role_of_path(path: str) -> str | None:
         return fixed[path]
     if "/" not in path and path.endswith(".safetensors"):
         return tensor_role(path[:-len(".safetensors")])
+    if "/" not in path and path.endswith(COMPRESSED_SUFFIX):
+        return tensor_role(path[:-len(COMPRESSED_SUFFIX)])
     if path.startswith("documents/") and path.endswith(".json") and path.count("/") == 1:
         return "document"
     return None

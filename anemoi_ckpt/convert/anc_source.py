@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import AncError, FormatError
@@ -43,13 +44,29 @@ def _specs(ck: Checkpoint, section: str) -> list[tuple[str, str, tuple[int, ...]
     return out
 
 
+def _tensors(ck: Checkpoint, section: str) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) of a section, aliases last. A compressed section's tensors are decoded
+    copies that the mapping holds weakly: an alias target is kept alive until its aliases are
+    given, so the writer sees the same tensor and writes an alias, not a second copy."""
+    mapping = ck.tensors(section)
+    targets = set(mapping.aliases.values())
+    held = {}
+    for name in mapping.entries:
+        t = mapping[name]
+        if name in targets:
+            held[name] = t
+        yield name, t
+    for alias, target in mapping.aliases.items():
+        yield alias, held.get(target, mapping[target])
+
+
 def open_anc(path: str) -> Source:
     try:
         ck = open_checkpoint(path)
     except AncError:
         raise
     try:
-        sections = {sec: (lambda sec=sec: iter(ck.tensors(sec).items())) for sec in ck.tensor_sections()}
+        sections = {sec: (lambda sec=sec: _tensors(ck, sec)) for sec in ck.tensor_sections()}
         specs = {sec: _specs(ck, sec) for sec in ck.tensor_sections()}
         digests: dict[str, dict[str, str]] = {}
         for sec in ck.sections():

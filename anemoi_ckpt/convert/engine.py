@@ -50,6 +50,10 @@ class ConvertReport:
     copied: list[str] = field(default_factory=list)
     #: source members kept byte for byte under carried/ (not understood, or translated metadata)
     carried: list[str] = field(default_factory=list)
+    #: how tensor sections are stored: "zstd:LEVEL" (format 1.2 compressed) or "none"
+    compression: str | None = None
+    #: the output file's size in bytes (None for a dry run)
+    stored_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +105,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             keep_layout: bool = False, dtype: str | None = None,
             optimizer_positional: bool = False, to: str | None = None, weights: str = "auto",
             keep_dtype: Iterable[str] = (), cast_only: Iterable[str] = (),
-            base: str | os.PathLike | None = None) -> ConvertReport:
+            base: str | os.PathLike | None = None, compress: str | None = None) -> ConvertReport:
     """Convert ``src`` into an ``.anc`` at ``dst`` (nothing is written when ``dry_run``).
 
     By default the tensor names and anemoi metadata are brought to the newest anemoi layout by
@@ -114,6 +118,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
     Lightning optimizer's state under index-based names when it cannot be matched to names.
     ``base`` (PEFT adapters): the base ``.anc`` the adapter was trained on; every adapter tensor
     is checked against it (refused otherwise) and it is recorded as the adapter's base.
+    ``compress``: ``"zstd"``/``"zstd:LEVEL"`` writes compressed tensor sections (format 1.2),
+    ``"none"`` uncompressed (memory-mappable) ones; None keeps an ``.anc`` source's encoding
+    (its weights section's) and writes other sources uncompressed. The content id is the same.
     """
     from ..adapters.attach import link_base  # here: the adapters package imports torch
     from ..writer import Writer
@@ -128,7 +135,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             report = convert(local, dst, source_format=source_format, dry_run=dry_run,
                              durable=durable, progress=progress, keep_layout=keep_layout,
                              dtype=dtype, optimizer_positional=optimizer_positional, to=to,
-                             weights=weights, keep_dtype=keep_dtype, cast_only=cast_only, base=base)
+                             weights=weights, keep_dtype=keep_dtype, cast_only=cast_only, base=base,
+                             compress=compress)
         report.source = src_path
         return report
     if dtype is not None and dtype not in CAST_CODES:
@@ -137,17 +145,27 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         raise UsageError(src_path, f"unknown --to {to!r}", "inference or training")
     if weights not in ("auto", "raw", "ema"):
         raise UsageError(src_path, f"unknown --weights {weights!r}", "auto, raw or ema")
+    from ..container.codec import parse_compress
+
+    try:
+        parse_compress(compress)
+    except ValueError as e:
+        raise UsageError(src_path, f"--compress: {e}") from None
     if not dry_run:
         check_not_same(src_path, dst)
     source: Source = detect(src, source_format, {"optimizer_positional": optimizer_positional})
     try:
         kind = "inference" if to == "inference" else source.kind
+        if compress is None and source.anc is not None:
+            compress = source.anc.compression
+        chosen = parse_compress(compress)
+        report_compression = "none" if chosen is None else f"zstd:{chosen.level}"
         report = ConvertReport(source=source.path, output=None if dry_run else os.fspath(dst),
                                format=source.format, kind=kind,
                                # an .anc vouches for itself (uuid, content id, digests)
                                source_sha256=None,
                                anemoi_metadata=source.anemoi_metadata is not None,
-                               details=source.details)
+                               details=source.details, compression=report_compression)
         renames, anemoi_md, applied = _translate(source, keep_layout)
         try:
             sections, used = select_sections(list(source.specs), to, weights)
@@ -184,6 +202,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
                   "tool_version": __version__, "steps": applied, "keep_layout": keep_layout,
                   **({"to": to} if to else {}), **({"weights": used} if report.weights else {}),
                   **({"dtype": dtype} if dtype else {}),
+                  **({"compress": compress} if compress and compress != "none" else {}),
                   **({"keep_dtype": list(keep_dtype)} if keep_dtype else {}),
                   **({"cast_only": list(cast_only)} if cast_only else {})}
         weights_renames = {old: new for old, (sec, new) in (renames.get("weights") or {}).items()
@@ -195,7 +214,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
                        supporting_arrays=_arrays_for(anemoi_md, source.supporting_arrays),
                        parents=parents, lineage_info=lineage_info(anemoi_md),
                        operation="convert", parameters=params, durable=durable, progress=bar,
-                       keep_anemoi_uuid=True) as w:
+                       keep_anemoi_uuid=True, compress=compress) as w:
             origins = write_tensors(source, plan, w, report)
             for name, doc in documents.items():
                 w.add_document(name, rename_in_document(doc, weights_renames))
@@ -207,6 +226,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         if hasher is not None:
             hasher.shutdown()
         report.uuid, report.content_id = w.uuid, w.content_id
+        report.stored_bytes = os.path.getsize(os.fspath(dst))
         try:
             report.verified, report.verified_by = verify_output(source, plan, os.fspath(dst), origins,
                                                                 report.copied)

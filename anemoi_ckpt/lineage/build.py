@@ -1,8 +1,9 @@
 """Building the lineage block of a new file from its parents.
 
 A parent may be an open :class:`~anemoi_ckpt.reader.Checkpoint`, a path to an ``.anc``, a
-:class:`ParentRef` or a dict with ``uuid`` (and ``content_id``). Ancestor records of ``.anc``
-parents are copied in, so lineage needs no other file; each uuid appears once.
+:class:`ParentRef` or a dict with ``uuid`` (and ``content_id``), or a :class:`SignedParent` (one of
+those with the signature verified for it, recorded in its ``ParentRef``). Ancestor records of
+``.anc`` parents are copied in, so lineage needs no other file; each uuid appears once.
 """
 
 from __future__ import annotations
@@ -10,20 +11,37 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
 from ..errors import FormatError
-from ..container.schema import Kind, Lineage, LineageRecord, ParentRef, Tool
+from ..container.schema import Kind, Lineage, LineageRecord, ParentRef, SignatureRef, Tool
 
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class SignedParent:
+    """A parent and the signature a caller verified for it (``merge --require-signed``)."""
+
+    parent: Any
+    signature: SignatureRef
+
+    @property
+    def path(self) -> str:  # named in errors about this parent, as a Checkpoint's path is
+        p = self.parent
+        return os.fspath(p) if isinstance(p, (str, os.PathLike)) else getattr(p, "path", "parent")
+
+
 def _resolve(parent: Any) -> tuple[ParentRef, list[LineageRecord]]:
     from ..reader import Checkpoint, open_checkpoint
 
+    if isinstance(parent, SignedParent):
+        ref, records = _resolve(parent.parent)
+        return ref.model_copy(update={"signature": parent.signature}), records
     if isinstance(parent, ParentRef):
         return parent, []
     if isinstance(parent, Mapping):

@@ -43,6 +43,8 @@ class AncestorStatus:
     source: str | None = None  # recorded source file name, for legacy sources
     source_of: str | None = None
     candidates: list[str] = field(default_factory=list)
+    #: who signed the file found (``signers.SignerStatus.to_dict()``), when signatures were judged
+    signature: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,6 +215,10 @@ def report_lines(file: str, statuses: list[AncestorStatus]) -> list[str]:
         lines.append(one_line(f"  {s.status:<9} {s.name()}" + (f" ({s.role})" if s.role else "")
                               + (f" {s.source}" if s.source else "") + (f"  {s.path}" if s.path else "")
                               + (f": {s.why}" if s.why else "")))
+        if s.signature is not None:
+            from .signers import signature_text
+
+            lines.append(" " * 12 + signature_text(s.signature))
     counts = ", ".join(f"{sum(s.status == k for s in statuses)} {k}" for k in ("found", "different", "missing"))
     lines.append(one_line(f"{file}: {len(statuses)} ancestors: {counts}"))
     return lines

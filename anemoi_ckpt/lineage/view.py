@@ -224,6 +224,15 @@ def _role(ref: ParentRef) -> str:
     return one_line(ref.role) if ref.role else "parent"
 
 
+def signed_note(ref: ParentRef) -> str:
+    """``  signed by <signer> (<form>)`` for a parent whose signature the writer verified
+    (``merge --require-signed``), else nothing."""
+    sig = ref.signature
+    if sig is None:
+        return ""
+    return f"  signed by {_short(short_digest(sig.signer), 64)} ({one_line(sig.form)})"
+
+
 def _recordless(ref: ParentRef) -> str:
     text = f"{short_uuid(ref.uuid)} ({_role(ref)}, not an .anc: no record)"
     return text + (f"  {short_cid(ref.content_id)}" if ref.content_id else "")
@@ -253,12 +262,12 @@ def render_tree(lineage: Lineage) -> str:
         role = f"({_role(ref)}) " if ref.role else ""
         parent = records.get(ref.uuid)
         if parent is None:
-            lines.append(indent + branch + _recordless(ref))
+            lines.append(indent + branch + _recordless(ref) + signed_note(ref))
         elif parent.uuid in drawn:
-            lines.append(f"{indent}{branch}{role}{short_uuid(parent.uuid)} (see above)")
+            lines.append(f"{indent}{branch}{role}{short_uuid(parent.uuid)} (see above){signed_note(ref)}")
         else:
             drawn.add(parent.uuid)
-            lines.append(indent + branch + role + describe(parent))
+            lines.append(indent + branch + role + describe(parent) + signed_note(ref))
             if level + 1 < MAX_INDENT:
                 stack.append((parent, indent + below, level + 1, 0))
             else:
