@@ -111,6 +111,7 @@ class Writer:
         self._operation = operation or "create"
         self._parameters = dict(parameters or {})  # update_parameters() may add to it before close
         self._reserve = header_reserve
+        self._durable = durable  # copy_section(prove=True) starts write-back early when fsync follows
         self._keep_anemoi_uuid = keep_anemoi_uuid
         # code_versions, dataset, run_id, config_digest of the lineage record, where known
         self._lineage_info = dict(lineage_info or {})
@@ -166,10 +167,14 @@ class Writer:
             return
         tw.add(name, flatten(tensor), release)
 
-    def copy_section(self, section: str, source: Any, name: str | None = None) -> None:
+    def copy_section(self, section: str, source: Any, name: str | None = None, *,
+                     prove: bool = False) -> None:
         """Copy tensor section ``name`` of the open ``.anc`` ``source`` unchanged as ``section``:
-        the member's bytes by the kernel, its CRC, digests and alias table from the source. The
-        caller proves the copy (re-reading it against those digests) after the commit."""
+        the member's bytes by the kernel, its CRC, digests and alias table from the source.
+
+        ``prove``: copy through this process instead and hash the bytes as they are written (one
+        pass, no re-read): the header and every tensor must match the source's recorded digests,
+        else :class:`IntegrityError` before anything is committed."""
         name = name or section
         if not S.valid_section_name(section) or section in self._closed_names:
             raise ValueError(f"section {section!r} is invalid or already written")
@@ -177,7 +182,9 @@ class Writer:
         rel = S.tensor_section_path(name)
         sec, member = source.section(rel), source._members[rel]
         with self._zw.open_member(f"{self._root}/{S.tensor_section_path(section)}") as m:
-            if source.remote is None:
+            if prove:
+                self._copy_proven(m, source, name, sec, member)
+            elif source.remote is None:
                 m.copy_from(source._fh.fileno(), member.data_offset, member.size, member.crc)
             else:  # a URL: the bytes pass through here, in chunks
                 step = 8 << 20
@@ -194,6 +201,50 @@ class Writer:
             by_name = {n: (e.dtype, tuple(e.shape), table.digests[n]) for n, e in entries.items()}
             by_name.update({a: by_name[t] for a, t in table.aliases.items()})
             self._weights_entries = [(n, c, s, d) for n, (c, s, d) in by_name.items()]
+
+    def _copy_proven(self, m: Any, source: Any, name: str, sec: Section, member: Any) -> None:
+        """The member copied chunk by chunk, each chunk of the output hashed while the next is
+        copied (``container/hashcopy.py``); every digest is checked against the source's."""
+        from .container.hashcopy import copy_hashed, kernel_copy, start_writeback
+        from .errors import IntegrityError
+
+        table = sec.tensors
+        assert table is not None
+        mapping = source.tensors(name)  # parses the header; checks it against the manifest
+        entries = sorted(mapping.entries.values(), key=lambda e: e.begin)
+        head = 8 + int.from_bytes(source.read_bytes(member.data_offset, 8), "little")
+        regions = [(0, head)] + [(head + e.begin, head + e.begin + e.nbytes) for e in entries]
+        fh = self._zw._fh
+        fh.flush()
+        out_fd, out_start = fh.fileno(), m.record.data_offset + m.record.size
+        if source.remote is None:
+            copy = kernel_copy(source._fh.fileno(), member.data_offset, out_fd, out_start)
+        else:  # a URL: the bytes pass through here
+            def copy(pos: int, n: int) -> None:
+                data = source.read_bytes(member.data_offset + pos, n)
+                if len(data) != n or os.pwrite(out_fd, data, out_start + pos) != n:
+                    raise OSError(f"short copy of {name!r} at {pos}")
+        copied = None
+        if self._durable:  # the disk writes each chunk while the next ones are hashed
+            def copied(pos: int, n: int) -> None:
+                start_writeback(out_fd, out_start + pos, n)
+        hexes = copy_hashed(copy, out_fd, out_start, member.size, regions,
+                            min(2, os.cpu_count() or 1), copied)
+        m.record.size += member.size
+        fh.seek(out_start + member.size)
+        # Every byte of the member is covered (the header and tensors tile it): equal digests
+        # mean the output holds the bytes the source recorded, so its CRC-32 is theirs too.
+        m.record.crc = member.crc
+        bad = [e.name for e, hx in zip(entries, hexes[1:]) if table.digests.get(e.name) != hx]
+        if hexes[0] != table.header_digest:
+            bad.insert(0, "(the safetensors header)")
+        if bad or hashing.section_digest(hexes[0], hexes[1:]) != sec.digest:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise IntegrityError(source.path, f"copying section {name!r}: {len(bad)} tensor(s) do not "
+                                 f"match the source's digest ({', '.join(bad[:3])}{more})" if bad else
+                                 f"copying section {name!r}: the section digest does not match",
+                                 "the source is damaged, or the disk returned different bytes; run "
+                                 "'anemoi-ckpt verify' on the source", section=sec.path)
 
     def add_alias(self, alias: str, target: str, *, section: str = "weights") -> None:
         tw = self._section(section)

@@ -46,7 +46,7 @@ class ConvertReport:
     weights: str | None = None
     #: how the output was proven: "re-read" (bytes compared) or "digest" (an .anc source's sha256)
     verified_by: str | None = None
-    #: tensor sections copied as bytes from an .anc source (unchanged), then re-read and hashed
+    #: tensor sections copied as bytes from an .anc source (unchanged), hashed as they were copied
     copied: list[str] = field(default_factory=list)
     #: source members kept byte for byte under carried/ (not understood, or translated metadata)
     carried: list[str] = field(default_factory=list)

@@ -6,7 +6,8 @@ process once their tensor is written and hashed, so memory stays near the larges
 
 The proof: the writer hashes (sha256) the very bytes it takes from the source. For an ``.anc``
 source with nothing cast, those digests must equal the source manifest's (no second pass over
-the data). Otherwise every tensor is read back from the new file with plain reads (no map) and
+the data); a section copied unchanged is hashed from the buffer it is written from, and checked
+against the source's digests before the commit. Otherwise every tensor is read back from the new file with plain reads (no map) and
 its sha256 must equal the digest of the source bytes: a bit-for-bit comparison by hash.
 
 Bytes are compared with the source file's only where the tensor is a view of them: a tensor whose
@@ -116,7 +117,7 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[
             continue  # dropped (e.g. optimizer state for an inference file): never read
         own = plan.route_target(section)
         if own == section and own not in written and _copyable(source, plan, section):
-            w.copy_section(section, source.anc)
+            w.copy_section(section, source.anc, prove=True)  # hashed as copied: proven in that pass
             written.append(section)
             n = sum(1 for key in plan.route if key[0] == section)
             report.tensors[section] = report.tensors.get(section, 0) + n
@@ -161,12 +162,9 @@ def verify_output(source: Source, plan: WritePlan, dst: str,
     the tensor lies whole in it, sha256 against the writer's digest of the source bytes
     otherwise (non-contiguous views, casts, copied sources)."""
     if source.digests is not None and all(code is None for _, _, code in plan.route.values()):
-        n = _by_digest(source, plan, dst)
-        if copied:
-            # Copied sections carry the source's digests: re-read their bytes against them.
-            sub = WritePlan(targets={s: plan.targets[s] for s in copied})
-            _by_reread(sub, dst)
-        return n, "digest"
+        # Copied sections were proven as they were copied (``Writer.copy_section(prove=True)``:
+        # the bytes written hashed to the source's digests), so nothing is read again here.
+        return _by_digest(source, plan, dst), "digest"
     return _by_reread(plan, dst, source.path, origins or {}), "re-read"
 
 
