@@ -109,8 +109,12 @@ def test_copy_hashed_digests_are_of_the_output(monkeypatch: pytest.MonkeyPatch, 
     with open(tmp_path / "src", "rb") as src, open(tmp_path / "out", "w+b") as out:
         out.write(b"head")
         out.flush()
+        told: list[tuple[int, int]] = []
         got = hashcopy.copy_hashed(hashcopy.kernel_copy(src.fileno(), 3, out.fileno(), 4),
-                                   out.fileno(), 4, len(data), regions, workers)
+                                   out.fileno(), 4, len(data), regions, workers,
+                                   lambda pos, n: told.append((pos, n)))
+    assert [pos for pos, _ in told] == list(range(0, len(data), 4096 + 7))  # every chunk, in order
+    assert sum(n for _, n in told) == len(data)
     assert (tmp_path / "out").read_bytes() == b"head" + data
     assert got == [hashlib.sha256(data[a:b]).hexdigest() for a, b in regions]
     assert os.path.getsize(tmp_path / "out") == 4 + len(data)

@@ -58,7 +58,8 @@ def copy_hashed(copy: Callable[[int, int], None], out_fd: int, out_start: int, s
                 copied: Callable[[int, int], None] | None = None) -> list[str]:
     """Copy ``size`` bytes chunk by chunk with ``copy(pos, n)``, which must put the source's bytes
     [pos, pos + n) at ``out_start + pos`` of the file ``out_fd``, then tells ``copied(pos, n)``
-    (if given). Returns the sha256 hex of each ``(start, end)`` region, hashed from the output
+    (if given; from a helper thread, in order, so that a call that blocks, as starting write-back
+    on a busy disk can, never holds up the copy). Returns the sha256 hex of each ``(start, end)`` region, hashed from the output
     file's bytes. Regions must be sorted and must not overlap (bytes outside every region are
     copied, not hashed).
 
@@ -68,6 +69,7 @@ def copy_hashed(copy: Callable[[int, int], None], out_fd: int, out_start: int, s
     the copy never waits for the hashing."""
     hashers = [hashlib.sha256() for _ in regions]
     queues = [ThreadPoolExecutor(max_workers=1) for _ in range(max(1, workers))]
+    notify = ThreadPoolExecutor(max_workers=1) if copied is not None else None
     load = [0] * len(queues)
     owner: dict[int, int] = {}
     futures: list[Future] = []
@@ -76,8 +78,8 @@ def copy_hashed(copy: Callable[[int, int], None], out_fd: int, out_start: int, s
         while pos < size:
             n = min(_CHUNK, size - pos)
             copy(pos, n)
-            if copied is not None:
-                copied(pos, n)
+            if notify is not None:
+                futures.append(notify.submit(copied, pos, n))
             pieces: list[list[tuple[int, int, int]]] = [[] for _ in queues]
             while r < len(regions) and regions[r][0] < pos + n:
                 start, end = regions[r]
@@ -94,8 +96,8 @@ def copy_hashed(copy: Callable[[int, int], None], out_fd: int, out_start: int, s
                         for q, p in enumerate(pieces) if p]
             pos += n
     finally:
-        for q in queues:  # never return (or raise) while a worker still reads the output
-            q.shutdown(wait=True)
+        for q in queues + ([notify] if notify else []):  # never return (or raise) while a
+            q.shutdown(wait=True)                           # worker still reads the output
     for fut in futures:
         fut.result()
     return [h.hexdigest() for h in hashers]

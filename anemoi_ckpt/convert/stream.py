@@ -19,7 +19,9 @@ order) reaches here already materialised by the source reader, so its stored byt
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -165,7 +167,7 @@ def verify_output(source: Source, plan: WritePlan, dst: str,
         # Copied sections were proven as they were copied (``Writer.copy_section(prove=True)``:
         # the bytes written hashed to the source's digests), so nothing is read again here.
         return _by_digest(source, plan, dst), "digest"
-    return _by_reread(plan, dst, source.path, origins or {}), "re-read"
+    return _by_reread(plan, dst, source.path, origins or {}, source.mapping), "re-read"
 
 
 def _by_digest(source: Source, plan: WritePlan, dst: str) -> int:
@@ -185,10 +187,13 @@ def _by_digest(source: Source, plan: WritePlan, dst: str) -> int:
 
 
 def _by_reread(plan: WritePlan, dst: str, src: str = "",
-               origins: dict[tuple[str, str], tuple[int, int]] | None = None) -> int:
+               origins: dict[tuple[str, str], tuple[int, int]] | None = None,
+               mapping: Any = None) -> int:
     """Read every tensor of ``dst`` back from disk (plain reads: no map, no memory growth) and
     check its sha256 against the digest the writer took of the source's bytes, and its name,
-    dtype and shape against the plan."""
+    dtype and shape against the plan. A tensor lying whole in the source file is compared byte
+    for byte instead, with the source's map (``mapping``) when there is one: the output is read
+    once and the source not at all (its pages are released again behind the comparison)."""
     with open_checkpoint(dst) as ck:
         members = {m: ck._members[m] for m in (s.path for s in ck.sections() if s.tensors is not None)}
         layout = {}
@@ -212,10 +217,12 @@ def _by_reread(plan: WritePlan, dst: str, src: str = "",
                 origin = (origins or {}).get((target, name))
                 jobs.append((target, name, base + e.begin, e.nbytes, table.digests[name], origin))
     fd = os.open(dst, os.O_RDONLY)
-    sfd = os.open(src, os.O_RDONLY) if src and os.path.isfile(src) and origins else -1
+    sfd = os.open(src, os.O_RDONLY) if src and os.path.isfile(src) and origins and mapping is None else -1
 
     def check(job: tuple[Any, ...]) -> bool:
         _, _, offset, n, want, origin = job
+        if origin is not None and mapping is not None and origin[1] == n:
+            return _pread_equal_map(fd, offset, mapping, origin[0], n)  # one read, then memcmp
         if origin is not None and sfd >= 0 and origin[1] == n:
             return _pread_equal(fd, offset, sfd, origin[0], n)  # memcmp: cheaper than a hash
         return _pread_sha(fd, offset, n) == want
@@ -247,6 +254,37 @@ def _pread_equal(fd: int, offset: int, sfd: int, soffset: int, n: int) -> bool:
             return False
         offset, soffset, n = offset + k, soffset + k, n - k
     return True
+
+
+_local = threading.local()
+
+
+def _pread_equal_map(fd: int, offset: int, mapping: Any, soffset: int, n: int) -> bool:
+    """Output bytes read into a reused per-thread buffer, compared (``bytearray ==`` is a memcmp)
+    with the source map's; the map's pages are dropped from this process behind the comparison,
+    so its memory stays at the chunks in flight."""
+    chunk = 8 << 20
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(chunk)
+    src = memoryview(mapping)
+    page = mmap.PAGESIZE
+    try:
+        while n > 0:
+            k = min(chunk, n)
+            b = buf if k == chunk else bytearray(k)
+            if os.preadv(fd, [b], offset) != k or b != src[soffset:soffset + k]:
+                return False
+            lo, hi = soffset // page * page, (soffset + k) // page * page
+            if hi > lo and hasattr(mapping, "madvise"):
+                try:
+                    mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)  # clean pages: refetched if touched
+                except (OSError, ValueError):
+                    pass
+            offset, soffset, n = offset + k, soffset + k, n - k
+        return True
+    finally:
+        src.release()
 
 
 def _pread_sha(fd: int, offset: int, n: int) -> str:
