@@ -224,12 +224,11 @@ class Writer:
                 data = source.read_bytes(member.data_offset + pos, n)
                 if len(data) != n or os.pwrite(out_fd, data, out_start + pos) != n:
                     raise OSError(f"short copy of {name!r} at {pos}")
-        copied = None
-        if self._durable:  # the disk writes each chunk while the next ones are hashed
-            def copied(pos: int, n: int) -> None:
-                start_writeback(out_fd, out_start + pos, n)
+        def copied(pos: int, n: int) -> None:  # the disk writes each chunk while the next are hashed
+            start_writeback(out_fd, out_start + pos, n)
+
         hexes = copy_hashed(copy, out_fd, out_start, member.size, regions,
-                            min(2, os.cpu_count() or 1), copied)
+                            min(2, os.cpu_count() or 1), copied if self._durable else None)
         m.record.size += member.size
         fh.seek(out_start + member.size)
         # Every byte of the member is covered (the header and tensors tile it): equal digests

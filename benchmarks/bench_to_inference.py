@@ -162,7 +162,8 @@ def ours(args: argparse.Namespace, durable: bool, drop_behind: bool = False) -> 
                                  "convert --to inference (durable)", top=18, sorts=("tottime", "cumulative"))
     ru2 = resource.getrusage(resource.RUSAGE_SELF)  # CPU seconds: steadier than wall time under load
     cpu = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
-    return seconds, {"cpu_s": cpu, "tensors": report.tensors, "bytes": report.bytes, "verified": report.verified,
+    return seconds, {"cpu_s": cpu,
+                     "tensors": report.tensors, "bytes": report.bytes, "verified": report.verified,
                      "verified_by": report.verified_by, "kind": report.kind,
                      "output_bytes": os.path.getsize(dst), "output": str(dst)}
 

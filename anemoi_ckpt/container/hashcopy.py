@@ -59,9 +59,9 @@ def copy_hashed(copy: Callable[[int, int], None], out_fd: int, out_start: int, s
     """Copy ``size`` bytes chunk by chunk with ``copy(pos, n)``, which must put the source's bytes
     [pos, pos + n) at ``out_start + pos`` of the file ``out_fd``, then tells ``copied(pos, n)``
     (if given; from a helper thread, in order, so that a call that blocks, as starting write-back
-    on a busy disk can, never holds up the copy). Returns the sha256 hex of each ``(start, end)`` region, hashed from the output
-    file's bytes. Regions must be sorted and must not overlap (bytes outside every region are
-    copied, not hashed).
+    on a busy disk can, never holds up the copy). Returns the sha256 hex of each ``(start, end)``
+    region, hashed from the output file's bytes. Regions must be sorted and must not overlap
+    (bytes outside every region are copied, not hashed).
 
     Each region is hashed by one of ``workers`` single-thread queues (the least loaded when the
     region starts), so a region spread over several chunks is hashed in order without any thread

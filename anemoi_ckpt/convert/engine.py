@@ -2,7 +2,8 @@
 
 Tensors go from a memory map of the source straight into the writer, one at a time, so memory
 stays bounded by the largest tensor. After the atomic commit every tensor is read back from the
-new file and compared byte for byte with the source; the report says how many matched.
+new file and compared byte for byte with the source (sections copied unchanged from an ``.anc``
+are proven while they are copied, before the commit); the report says how many matched.
 """
 
 from __future__ import annotations

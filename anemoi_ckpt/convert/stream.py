@@ -6,9 +6,11 @@ process once their tensor is written and hashed, so memory stays near the larges
 
 The proof: the writer hashes (sha256) the very bytes it takes from the source. For an ``.anc``
 source with nothing cast, those digests must equal the source manifest's (no second pass over
-the data); a section copied unchanged is hashed from the buffer it is written from, and checked
-against the source's digests before the commit. Otherwise every tensor is read back from the new file with plain reads (no map) and
-its sha256 must equal the digest of the source bytes: a bit-for-bit comparison by hash.
+the data); a section copied unchanged is hashed chunk by chunk from the output as it is copied
+(``Writer.copy_section(prove=True)``) and checked against the source's digests before the
+commit. Otherwise every tensor is read back from the new file with plain reads and compared
+byte for byte with the source's map where it lies whole in it, or its sha256 must equal the
+digest of the source bytes.
 
 Bytes are compared with the source file's only where the tensor is a view of them: a tensor whose
 values ``torch.load`` would change (the negative or conjugate bit, a storage of the other byte
@@ -217,7 +219,8 @@ def _by_reread(plan: WritePlan, dst: str, src: str = "",
                 origin = (origins or {}).get((target, name))
                 jobs.append((target, name, base + e.begin, e.nbytes, table.digests[name], origin))
     fd = os.open(dst, os.O_RDONLY)
-    sfd = os.open(src, os.O_RDONLY) if src and os.path.isfile(src) and origins and mapping is None else -1
+    use_file = src and os.path.isfile(src) and origins and mapping is None
+    sfd = os.open(src, os.O_RDONLY) if use_file else -1
 
     def check(job: tuple[Any, ...]) -> bool:
         _, _, offset, n, want, origin = job
@@ -278,7 +281,7 @@ def _pread_equal_map(fd: int, offset: int, mapping: Any, soffset: int, n: int) -
             lo, hi = soffset // page * page, (soffset + k) // page * page
             if hi > lo and hasattr(mapping, "madvise"):
                 try:
-                    mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)  # clean pages: refetched if touched
+                    mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)  # clean: refetched if touched
                 except (OSError, ValueError):
                     pass
             offset, soffset, n = offset + k, soffset + k, n - k
