@@ -93,6 +93,24 @@ def test_a_corrupted_copy_is_caught(training_anc: Path, tmp_path: Path) -> None:
     assert convert(training_anc, out / "inference.anc", to="inference").copied == ["weights", "graph"]
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_proven_copy_through_the_url_path(training_anc: Path, tmp_path: Path, durable: bool) -> None:
+    """A URL source's section passes through this process (``read_bytes``) and is proven the same
+    way; durable or not (write-back started per chunk, or not)."""
+    from anemoi_ckpt.reader import open_checkpoint
+    from anemoi_ckpt.writer import Writer
+
+    with open_checkpoint(training_anc) as ck:
+        ck.remote = object()  # as for a URL: copy_section reads through read_bytes (the map here)
+        try:
+            with Writer(tmp_path / "c.anc", kind="inference", durable=durable) as w:
+                w.copy_section("weights", ck, prove=True)
+        finally:
+            ck.remote = None
+    with anemoi_ckpt.open(tmp_path / "c.anc") as out, anemoi_ckpt.open(training_anc) as tr:
+        assert out.verify().ok and out.content_id == tr.content_id
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_copy_hashed_digests_are_of_the_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                workers: int) -> None:
