@@ -122,6 +122,7 @@ class Writer:
         self._operation = operation or "create"
         self._parameters = dict(parameters or {})  # update_parameters() may add to it before close
         self._reserve = header_reserve
+        self._durable = durable  # copy_section(prove=True) starts write-back early when fsync follows
         self._keep_anemoi_uuid = keep_anemoi_uuid
         # code_versions, dataset, run_id, config_digest of the lineage record, where known
         self._lineage_info = dict(lineage_info or {})
@@ -186,10 +187,16 @@ class Writer:
             return
         tw.add(name, flatten(tensor), release)
 
-    def copy_section(self, section: str, source: Any, name: str | None = None) -> None:
+    def copy_section(self, section: str, source: Any, name: str | None = None, *,
+                     prove: bool = False) -> None:
         """Copy tensor section ``name`` of the open ``.anc`` ``source`` unchanged as ``section``:
         the member's bytes by the kernel, its CRC, digests and alias table from the source. The
-        caller proves the copy (re-reading it against those digests) after the commit.
+        caller proves the copy (re-reading it against those digests) after the commit, unless:
+
+        ``prove``: copy through this process instead and hash the bytes as they are written (one
+        pass, no re-read): the header and every tensor must match the source's recorded digests,
+        else :class:`IntegrityError` before anything is committed. A compressed member is copied
+        as it is (its bytes are frames, not the tensors the digests cover): the caller re-reads it.
 
         A section stored otherwise than this writer's ``compress`` asks (compressed into an
         uncompressed file, or the reverse, or at another level) is re-encoded tensor by tensor
@@ -204,7 +211,9 @@ class Writer:
             self._transcode_section(section, source, name)
             return
         with self._zw.open_member(f"{self._root}/{self._section_rel(section)}") as m:
-            if source.remote is None:
+            if prove and sec.encoding is None:
+                self._copy_proven(m, source, name, sec, member)
+            elif source.remote is None:
                 m.copy_from(source._fh.fileno(), member.data_offset, member.size, member.crc)
             else:  # a URL: the bytes pass through here, in chunks
                 step = 8 << 20
@@ -238,6 +247,49 @@ class Writer:
             tw.add(e.name, flatten(mapping[e.name]))  # never an alias: each stored tensor once
         for alias, target in mapping.aliases.items():
             tw.add_alias(alias, target)
+
+    def _copy_proven(self, m: Any, source: Any, name: str, sec: Section, member: Any) -> None:
+        """The member copied chunk by chunk, each chunk of the output hashed while the next is
+        copied (``container/hashcopy.py``); every digest is checked against the source's."""
+        from .container.hashcopy import copy_hashed, kernel_copy, start_writeback
+        from .errors import IntegrityError
+
+        table = sec.tensors
+        assert table is not None
+        mapping = source.tensors(name)  # parses the header; checks it against the manifest
+        entries = sorted(mapping.entries.values(), key=lambda e: e.begin)
+        head = 8 + int.from_bytes(source.read_bytes(member.data_offset, 8), "little")
+        regions = [(0, head)] + [(head + e.begin, head + e.begin + e.nbytes) for e in entries]
+        fh = self._zw._fh
+        fh.flush()
+        out_fd, out_start = fh.fileno(), m.record.data_offset + m.record.size
+        if source.remote is None:
+            copy = kernel_copy(source._fh.fileno(), member.data_offset, out_fd, out_start)
+        else:  # a URL: the bytes pass through here
+            def copy(pos: int, n: int) -> None:
+                data = source.read_bytes(member.data_offset + pos, n)
+                if len(data) != n or os.pwrite(out_fd, data, out_start + pos) != n:
+                    raise OSError(f"short copy of {name!r} at {pos}")
+        def copied(pos: int, n: int) -> None:  # the disk writes each chunk while the next are hashed
+            start_writeback(out_fd, out_start + pos, n)
+
+        hexes = copy_hashed(copy, out_fd, out_start, member.size, regions,
+                            min(2, os.cpu_count() or 1), copied if self._durable else None)
+        m.record.size += member.size
+        fh.seek(out_start + member.size)
+        # Every byte of the member is covered (the header and tensors tile it): equal digests
+        # mean the output holds the bytes the source recorded, so its CRC-32 is theirs too.
+        m.record.crc = member.crc
+        bad = [e.name for e, hx in zip(entries, hexes[1:]) if table.digests.get(e.name) != hx]
+        if hexes[0] != table.header_digest:
+            bad.insert(0, "(the safetensors header)")
+        if bad or hashing.section_digest(hexes[0], hexes[1:]) != sec.digest:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise IntegrityError(source.path, f"copying section {name!r}: {len(bad)} tensor(s) do not "
+                                 f"match the source's digest ({', '.join(bad[:3])}{more})" if bad else
+                                 f"copying section {name!r}: the section digest does not match",
+                                 "the source is damaged, or the disk returned different bytes; run "
+                                 "'anemoi-ckpt verify' on the source", section=sec.path)
 
     def add_alias(self, alias: str, target: str, *, section: str = "weights") -> None:
         tw = self._section(section)
@@ -306,6 +358,16 @@ class Writer:
         for member, arr in iter_arrays(arrays, md["supporting_arrays_paths"]):
             self._member(member[len(prefix):], memoryview(arr).cast("B"), "supporting-array",
                          S.NUMPY_RAW, required=False)
+
+    def start_writeback(self) -> None:
+        """Start writing what was written so far to the disk, without waiting (a durable writer
+        only): the fsync at the commit then has less left. For a caller about to wait for
+        something else before closing (convert waits for the source file's hash)."""
+        if self._durable:
+            from .container.hashcopy import start_writeback
+
+            self._fh.flush()
+            start_writeback(self._fh.fileno(), 0, 0)  # 0 bytes: to the end of the file
 
     def update_parameters(self, **values: Any) -> None:
         """Lineage parameters known only while writing (a source hash computed alongside)."""

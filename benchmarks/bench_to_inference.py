@@ -36,7 +36,9 @@ import argparse
 import ctypes
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -155,9 +157,13 @@ def ours(args: argparse.Namespace, durable: bool, drop_behind: bool = False) -> 
         _drop_behind()
     src, dst = args.workdir / SRC, out_path(args, ".anc")
     run = lambda: engine.convert(src, dst, to="inference", durable=durable, progress=False)  # noqa: E731
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     seconds, report = H.profiled(run, args.profile and durable and not drop_behind,
                                  "convert --to inference (durable)", top=18, sorts=("tottime", "cumulative"))
-    return seconds, {"tensors": report.tensors, "bytes": report.bytes, "verified": report.verified,
+    ru2 = resource.getrusage(resource.RUSAGE_SELF)  # CPU seconds: steadier than wall time under load
+    cpu = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
+    return seconds, {"cpu_s": cpu,
+                     "tensors": report.tensors, "bytes": report.bytes, "verified": report.verified,
                      "verified_by": report.verified_by, "kind": report.kind,
                      "output_bytes": os.path.getsize(dst), "output": str(dst)}
 
@@ -253,6 +259,10 @@ def report(results: dict[str, Measurement], largest: int, cache: str) -> list[di
         T("  (what-if) drop-behind peak RSS", results["whatif-drop-behind"].median("peak_rss") / MB, limit,
           unit="MB", strict=True),
     ], cache=cache)
+    cpu = {k: statistics.median(x["extra"].get("cpu_s", float("nan")) for x in results[k].samples)
+           for k in ("convert", "convert-nofsync")}
+    print(f"  ours, CPU seconds (user + system, median): durable {cpu['convert']:.2f}, "
+          f"durable=False {cpu['convert-nofsync']:.2f}")
     print(f"  (peer) naive load_file+save_file is {r['naive'] / r['convert-nofsync']:.2f}x the time of ours "
           f"(durable=False); naive+fsync {r['naive-fsync'] / r['convert']:.2f}x of ours (durable)")
     return out

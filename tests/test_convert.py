@@ -145,7 +145,8 @@ def test_unstorable_dtype_is_refused_before_writing(tmp_path: Path) -> None:
 
 def test_read_back_check_catches_a_changed_byte(tmp_path: Path) -> None:
     """The post-write proof compares the output's bytes with the source file's (memcmp where the
-    tensor lies whole in the source, sha256 of the source bytes otherwise)."""
+    tensor lies whole in the source, against the source's map or its file, sha256 of the source
+    bytes otherwise)."""
     from anemoi_ckpt.convert.plan import build_plan
     from anemoi_ckpt.convert.sources import detect
     from anemoi_ckpt.convert.stream import _by_reread, write_tensors
@@ -163,6 +164,7 @@ def test_read_back_check_catches_a_changed_byte(tmp_path: Path) -> None:
         origins = write_tensors(src, plan, w, Rep())
     assert ("weights", "a") in origins and ("weights", "b") not in origins  # b is a transposed view
     assert _by_reread(plan, str(tmp_path / "o.anc"), src.path, origins) == 2
+    assert _by_reread(plan, str(tmp_path / "o.anc"), src.path, origins, src.mapping) == 2
     for name in ("a", "b"):  # flip one byte of each tensor in the output: both paths catch it
         with anemoi_ckpt.open(tmp_path / "o.anc") as ck:
             member = ck._members["weights.safetensors"]
@@ -173,6 +175,7 @@ def test_read_back_check_catches_a_changed_byte(tmp_path: Path) -> None:
         data = bytearray((tmp_path / "o.anc").read_bytes())
         data[at] ^= 0xFF
         bad.write_bytes(bytes(data))
-        with pytest.raises(anemoi_ckpt.IntegrityError, match=f"tensor '{name}' read back differs"):
-            _by_reread(plan, str(bad), src.path, origins)
+        for mapping in (None, src.mapping):
+            with pytest.raises(anemoi_ckpt.IntegrityError, match=f"tensor '{name}' read back differs"):
+                _by_reread(plan, str(bad), src.path, origins, mapping)
     src.close()

@@ -3,7 +3,10 @@ Lightning checkpoint; weight-averaged copies; casts with exceptions; refusals.""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -30,7 +33,7 @@ def training_anc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_anc_to_inference(training_anc: Path, tmp_path: Path) -> None:
     report = convert(training_anc, tmp_path / "inference.anc", to="inference")
     assert report.kind == "inference" and report.verified_by == "digest" and report.weights == "raw"
-    assert report.copied == ["weights", "graph"]  # unchanged sections: copied by the kernel, re-hashed
+    assert report.copied == ["weights", "graph"]  # unchanged sections: copied and hashed in one pass
     with anemoi_ckpt.open(training_anc) as tr, anemoi_ckpt.open(tmp_path / "inference.anc") as inf:
         assert inf.kind == "inference" and inf.tensor_sections() == ["weights", "graph"]
         assert inf.documents() == []
@@ -62,6 +65,77 @@ def test_legacy_training_file_straight_to_inference(tmp_path: Path) -> None:
     expected = json.loads((GNN.parent / "expected.json").read_text())["training"]["state_dict"]
     with anemoi_ckpt.open(tmp_path / "inference-last.anc") as ck:
         assert len(ck.tensors("weights")) == sum(1 for n in expected if n.startswith("model."))
+
+
+def test_a_corrupted_copy_is_caught(training_anc: Path, tmp_path: Path) -> None:
+    """Copied sections are proven as they are copied, not re-read: a source whose bytes no longer
+    match its recorded digests (one byte flipped inside a tensor, nothing else touched) is refused
+    before the commit, and nothing is left behind."""
+    bad = tmp_path / "src" / "bad.anc"
+    bad.parent.mkdir()
+    shutil.copy(training_anc, bad)
+    with anemoi_ckpt.open(bad) as ck:
+        m = ck.tensors("weights")
+        name = max(m.entries, key=lambda n: m.entries[n].nbytes)
+        offset = m._offsets[name] + m.entries[name].nbytes // 2
+    with open(bad, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ 0x5A]))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(anemoi_ckpt.IntegrityError,
+                       match=rf"1 tensor\(s\) do not match the source's digest \({re.escape(name)}\)"):
+        convert(bad, out / "inference.anc", to="inference")
+    assert list(out.iterdir()) == []  # neither the output nor a temporary file
+    # the intact source still converts: the check is the digest, not the copy path
+    assert convert(training_anc, out / "inference.anc", to="inference").copied == ["weights", "graph"]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_proven_copy_through_the_url_path(training_anc: Path, tmp_path: Path, durable: bool) -> None:
+    """A URL source's section passes through this process (``read_bytes``) and is proven the same
+    way; durable or not (write-back started per chunk, or not)."""
+    from anemoi_ckpt.reader import open_checkpoint
+    from anemoi_ckpt.writer import Writer
+
+    with open_checkpoint(training_anc) as ck:
+        ck.remote = object()  # as for a URL: copy_section reads through read_bytes (the map here)
+        try:
+            with Writer(tmp_path / "c.anc", kind="inference", durable=durable) as w:
+                w.copy_section("weights", ck, prove=True)
+        finally:
+            ck.remote = None
+    with anemoi_ckpt.open(tmp_path / "c.anc") as out, anemoi_ckpt.open(training_anc) as tr:
+        assert out.verify().ok and out.content_id == tr.content_id
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_copy_hashed_digests_are_of_the_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               workers: int) -> None:
+    """Regions spanning chunk boundaries, empty regions, bytes outside every region; the copy
+    lands at an offset of the output, and the digests are of what the output file holds."""
+    import os
+
+    from anemoi_ckpt.container import hashcopy
+
+    monkeypatch.setattr(hashcopy, "_CHUNK", 4096 + 7)
+    data = bytes(range(256)) * 100
+    (tmp_path / "src").write_bytes(b"xyz" + data)
+    regions = [(0, 5), (5, 5), (5, 4200), (4201, 4202), (5000, 25000), (25600, 25600)]
+    with open(tmp_path / "src", "rb") as src, open(tmp_path / "out", "w+b") as out:
+        out.write(b"head")
+        out.flush()
+        told: list[tuple[int, int]] = []
+        got = hashcopy.copy_hashed(hashcopy.kernel_copy(src.fileno(), 3, out.fileno(), 4),
+                                   out.fileno(), 4, len(data), regions, workers,
+                                   lambda pos, n: told.append((pos, n)))
+    assert [pos for pos, _ in told] == list(range(0, len(data), 4096 + 7))  # every chunk, in order
+    assert sum(n for _, n in told) == len(data)
+    assert (tmp_path / "out").read_bytes() == b"head" + data
+    assert got == [hashlib.sha256(data[a:b]).hexdigest() for a, b in regions]
+    assert os.path.getsize(tmp_path / "out") == 4 + len(data)
 
 
 def test_dtype_with_fp32_exceptions(training_anc: Path, tmp_path: Path) -> None:

@@ -2,13 +2,16 @@
 
 Tensors go from a memory map of the source straight into the writer, one at a time, so memory
 stays bounded by the largest tensor. After the atomic commit every tensor is read back from the
-new file and compared byte for byte with the source; the report says how many matched.
+new file and compared byte for byte with the source (sections copied unchanged from an ``.anc``
+are proven while they are copied, before the commit); the report says how many matched.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from collections.abc import Iterable
@@ -46,7 +49,7 @@ class ConvertReport:
     weights: str | None = None
     #: how the output was proven: "re-read" (bytes compared) or "digest" (an .anc source's sha256)
     verified_by: str | None = None
-    #: tensor sections copied as bytes from an .anc source (unchanged), then re-read and hashed
+    #: tensor sections copied as bytes from an .anc source (unchanged), hashed as they were copied
     copied: list[str] = field(default_factory=list)
     #: source members kept byte for byte under carried/ (not understood, or translated metadata)
     carried: list[str] = field(default_factory=list)
@@ -60,15 +63,34 @@ class ConvertReport:
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of a file through one reused buffer: no map, so the pages read count against the
-    page cache, not this process's memory (hashlib releases the GIL per chunk)."""
+    """sha256 of a file, hashed straight from the page cache through short-lived read-only map
+    windows: no copy into this process (a ``read`` into a buffer cost a memory pass as large as
+    the file, about a third of this hash's time), and each window is unmapped before the next, so
+    the pages never accumulate in this process's memory (hashlib releases the GIL per window).
+    Files that cannot be mapped are read through one reused buffer."""
     h = hashlib.sha256()
-    buf = bytearray(16 << 20)
-    view = memoryview(buf)
+    window = 16 << 20
     with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
+        st = os.fstat(fh.fileno())
+        size = st.st_size
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError("not a regular file")
+            for off in range(0, size, window):
+                n = min(window, size - off)
+                with mmap.mmap(fh.fileno(), n, offset=off, access=mmap.ACCESS_READ) as mm:
+                    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+                        mm.madvise(mmap.MADV_WILLNEED)  # a cold file: read the window ahead
+                    h.update(mm)
+            return h.hexdigest()
+        except (OSError, ValueError):  # not mappable (a pipe, a special file): plain reads
+            h = hashlib.sha256()
+            fh.seek(0)
+            buf = bytearray(window)
+            view = memoryview(buf)
+            while n := fh.readinto(buf):
+                h.update(view[:n])
+            return h.hexdigest()
 
 
 def _translate(source: Source, keep_layout: bool) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
@@ -122,7 +144,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
     ``"none"`` uncompressed (memory-mappable) ones; None keeps an ``.anc`` source's encoding
     (its weights section's) and writes other sources uncompressed. The content id is the same.
     """
-    from ..adapters.attach import link_base  # here: the adapters package imports torch
     from ..writer import Writer
 
     src_path = os.fspath(src)
@@ -178,8 +199,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
         if not plan.targets.get("weights"):
             raise FormatError(source.path, "the source has no model weights")
         # adapters: checked against --base before anything is written (dry runs included)
-        extra_md, base_parents = link_base(source.kind, source.format, plan.targets["weights"],
-                                           source.extra_metadata, src_path, base)
+        extra_md: dict[str, Any] | None = dict(source.extra_metadata) if source.extra_metadata else None
+        base_parents: list[Any] = []  # link_base's own answer for other sources
+        if source.kind == "adapter" or base is not None:
+            # imported only here: the adapters package takes tens of ms to import, a fixed cost
+            # every other conversion paid
+            from ..adapters.attach import link_base
+
+            extra_md, base_parents = link_base(source.kind, source.format, plan.targets["weights"],
+                                               source.extra_metadata, src_path, base)
         report.weights = used if "weights-ema" in source.specs or to == "inference" else None
         report.steps = [step["name"] for step in applied]
         documents = {} if to == "inference" else source.documents
@@ -221,6 +249,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, *, source_for
             for member in report.carried:
                 w.add_carried(member, carried[member]())
             if sha_future is not None:
+                if not sha_future.done():
+                    w.start_writeback()  # the disk writes while the source's hash finishes
                 report.source_sha256 = sha_future.result()
                 w.update_parameters(source_sha256=report.source_sha256)
         if hasher is not None:

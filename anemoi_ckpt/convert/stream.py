@@ -6,8 +6,11 @@ process once their tensor is written and hashed, so memory stays near the larges
 
 The proof: the writer hashes (sha256) the very bytes it takes from the source. For an ``.anc``
 source with nothing cast, those digests must equal the source manifest's (no second pass over
-the data). Otherwise every tensor is read back from the new file with plain reads (no map) and
-its sha256 must equal the digest of the source bytes: a bit-for-bit comparison by hash.
+the data); a section copied unchanged is hashed chunk by chunk from the output as it is copied
+(``Writer.copy_section(prove=True)``) and checked against the source's digests before the
+commit. Otherwise every tensor is read back from the new file with plain reads and compared
+byte for byte with the source's map where it lies whole in it, or its sha256 must equal the
+digest of the source bytes.
 
 Bytes are compared with the source file's only where the tensor is a view of them: a tensor whose
 values ``torch.load`` would change (the negative or conjugate bit, a storage of the other byte
@@ -18,7 +21,9 @@ order) reaches here already materialised by the source reader, so its stored byt
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -116,7 +121,7 @@ def write_tensors(source: Source, plan: WritePlan, w: Any, report: Any) -> dict[
             continue  # dropped (e.g. optimizer state for an inference file): never read
         own = plan.route_target(section)
         if own == section and own not in written and _copyable(source, plan, section):
-            w.copy_section(section, source.anc)
+            w.copy_section(section, source.anc, prove=True)  # hashed as copied: proven in that pass
             written.append(section)
             n = sum(1 for key in plan.route if key[0] == section)
             report.tensors[section] = report.tensors.get(section, 0) + n
@@ -162,12 +167,22 @@ def verify_output(source: Source, plan: WritePlan, dst: str,
     otherwise (non-contiguous views, casts, copied sources)."""
     if source.digests is not None and all(code is None for _, _, code in plan.route.values()):
         n = _by_digest(source, plan, dst)
-        if copied:
-            # Copied sections carry the source's digests: re-read their bytes against them.
-            sub = WritePlan(targets={s: plan.targets[s] for s in copied})
-            _by_reread(sub, dst)
+        # Copied sections were proven as they were copied (``Writer.copy_section(prove=True)``:
+        # the bytes written hashed to the source's digests), so nothing is read again here;
+        # except compressed ones, whose stored bytes are frames: those are decoded and re-hashed.
+        framed = _compressed_sections(dst, copied or [])
+        if framed:
+            _by_reread(WritePlan(targets={s: plan.targets[s] for s in framed}), dst)
         return n, "digest"
-    return _by_reread(plan, dst, source.path, origins or {}), "re-read"
+    return _by_reread(plan, dst, source.path, origins or {}, source.mapping), "re-read"
+
+
+def _compressed_sections(dst: str, sections: list[str]) -> list[str]:
+    """Those of ``sections`` that ``dst`` stores compressed (format 1.2 frames)."""
+    if not sections:
+        return []
+    with open_checkpoint(dst) as ck:
+        return [s for s in sections if ck.section(ck.tensor_section_rel(s)).encoding is not None]
 
 
 def _by_digest(source: Source, plan: WritePlan, dst: str) -> int:
@@ -187,10 +202,13 @@ def _by_digest(source: Source, plan: WritePlan, dst: str) -> int:
 
 
 def _by_reread(plan: WritePlan, dst: str, src: str = "",
-               origins: dict[tuple[str, str], tuple[int, int]] | None = None) -> int:
+               origins: dict[tuple[str, str], tuple[int, int]] | None = None,
+               mapping: Any = None) -> int:
     """Read every tensor of ``dst`` back from disk (plain reads: no map, no memory growth) and
     check its sha256 against the digest the writer took of the source's bytes, and its name,
-    dtype and shape against the plan."""
+    dtype and shape against the plan. A tensor lying whole in the source file is compared byte
+    for byte instead, with the source's map (``mapping``) when there is one: the output is read
+    once and the source not at all (its pages are released again behind the comparison)."""
     with open_checkpoint(dst) as ck:
         members = {m: ck._members[m] for m in (s.path for s in ck.sections() if s.tensors is not None)}
         layout = {}
@@ -219,7 +237,8 @@ def _by_reread(plan: WritePlan, dst: str, src: str = "",
                     where = base + e.begin
                 jobs.append((target, name, where, e.nbytes, table.digests[name], origin))
     fd = os.open(dst, os.O_RDONLY)
-    sfd = os.open(src, os.O_RDONLY) if src and os.path.isfile(src) and origins else -1
+    use_file = src and os.path.isfile(src) and origins and mapping is None
+    sfd = os.open(src, os.O_RDONLY) if use_file else -1
 
     def check(job: tuple[Any, ...]) -> bool:
         _, _, offset, n, want, origin = job
@@ -229,6 +248,8 @@ def _by_reread(plan: WritePlan, dst: str, src: str = "",
                 return compressed.digest(lambda at, k: os.pread(fd, k, at), offset) == want
             except codec.FrameError:
                 return False
+        if origin is not None and mapping is not None and origin[1] == n:
+            return _pread_equal_map(fd, offset, mapping, origin[0], n)  # one read, then memcmp
         if origin is not None and sfd >= 0 and origin[1] == n:
             return _pread_equal(fd, offset, sfd, origin[0], n)  # memcmp: cheaper than a hash
         return _pread_sha(fd, offset, n) == want
@@ -260,6 +281,37 @@ def _pread_equal(fd: int, offset: int, sfd: int, soffset: int, n: int) -> bool:
             return False
         offset, soffset, n = offset + k, soffset + k, n - k
     return True
+
+
+_local = threading.local()
+
+
+def _pread_equal_map(fd: int, offset: int, mapping: Any, soffset: int, n: int) -> bool:
+    """Output bytes read into a reused per-thread buffer, compared (``bytearray ==`` is a memcmp)
+    with the source map's; the map's pages are dropped from this process behind the comparison,
+    so its memory stays at the chunks in flight."""
+    chunk = 8 << 20
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(chunk)
+    src = memoryview(mapping)
+    page = mmap.PAGESIZE
+    try:
+        while n > 0:
+            k = min(chunk, n)
+            b = buf if k == chunk else bytearray(k)
+            if os.preadv(fd, [b], offset) != k or b != src[soffset:soffset + k]:
+                return False
+            lo, hi = soffset // page * page, (soffset + k) // page * page
+            if hi > lo and hasattr(mapping, "madvise"):
+                try:
+                    mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)  # clean: refetched if touched
+                except (OSError, ValueError):
+                    pass
+            offset, soffset, n = offset + k, soffset + k, n - k
+        return True
+    finally:
+        src.release()
 
 
 def _pread_sha(fd: int, offset: int, n: int) -> str:
