@@ -215,10 +215,10 @@ def _by_reread(plan: WritePlan, dst: str, src: str = "",
         for sec in ck.sections():
             if sec.tensors is None or not sec.name:
                 continue
-            mapping = ck.tensors(sec.name)
+            tensors = ck.tensors(sec.name)
             base = members[sec.path].data_offset + 8 + _header_len(ck, sec.path)
             # frames: a compressed section's (1.2), whose tensors are decoded to be hashed
-            layout[sec.name] = (sec.tensors, mapping.entries, base, mapping.frames)
+            layout[sec.name] = (sec.tensors, tensors.entries, base, tensors.frames)
     jobs = []
     for target, specs in plan.targets.items():
         table, entries, base, frames = layout.get(target, (None, {}, 0, None))
