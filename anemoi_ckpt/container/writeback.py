@@ -53,7 +53,7 @@ class WriteBehindFile(io.BufferedRandom):
     write-back every :data:`WRITE_BEHIND_EVERY` bytes written."""
 
     def __init__(self, fd: int, every: int = WRITE_BEHIND_EVERY) -> None:
-        size = os.fstat(fd).st_blksize
+        size = getattr(os.fstat(fd), "st_blksize", 0)  # as io.open picks it (absent on Windows)
         super().__init__(io.FileIO(fd, "r+"), buffer_size=size if size > 1 else io.DEFAULT_BUFFER_SIZE)
         self._every = every
         self._since = 0
