@@ -264,7 +264,9 @@ class Checkpoint:
 
     def _json(self, raw: bytes, label: str) -> Any:
         obj = self._json_value(raw, label)
-        if json_depth(obj) > MAX_JSON_DEPTH:
+        # Each level opens with a "[" or "{" byte (more may sit in strings, never fewer): counting
+        # them in C spares the walk over every value of a document that cannot be too deep.
+        if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and json_depth(obj) > MAX_JSON_DEPTH:
             raise FormatError(self.path, f"invalid JSON (nested deeper than {MAX_JSON_DEPTH} levels)",
                               section=label)
         return obj
