@@ -484,9 +484,10 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, kind: 
     ``.anc`` at ``path`` atomically. Returns the path.
 
     ``durable=False`` skips the fsync calls: the rename is still atomic (readers see the old file
-    or the new one), but after a power cut the new file may be missing; about half the time of a
-    1 GB save on our machines goes to fsync (benchmarks/README.md). ``compress``: see
-    :class:`Writer`."""
+    or the new one), but after a power cut the new file may be missing. A durable save has the
+    disk write the file while it is being written, so its fsync waits only for the last few MB
+    (docs/format.md 10.1 says what it guarantees; timings in benchmarks/README.md). ``compress``:
+    see :class:`Writer`."""
     if sections and "weights" in sections:
         raise ValueError("pass the weights as `tensors`, not in `sections`")
     all_sections = {"weights": tensors, **(sections or {})}

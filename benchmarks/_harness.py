@@ -387,8 +387,10 @@ def preload(modules: Iterable[str | tuple[str, ...]]) -> None:
 
 def child_main(mode: str, modes: Mapping[str, Callable[[], tuple[float, dict[str, Any]]]], *,
                prepare: Callable[[], dict[str, Any]] | None = None,
-               imports: Iterable[str | tuple[str, ...]] = (), torch_threads: bool = True) -> None:
-    """The body of a measuring child: preload, take the post-import RSS, run one mode (it returns
+               imports: Iterable[str | tuple[str, ...]] = (), torch_threads: bool = True,
+               warmup: Callable[[], Any] | None = None) -> None:
+    """The body of a measuring child: preload, run ``warmup`` (a library's one-time set-up, which
+    like an import belongs to no row), take the post-import RSS, run one mode (it returns
     its own timed seconds and extra facts), and print one JSON line with the memory read while
     the mode's results are still alive (the mode keeps them referenced). ``prepare`` writes the
     inputs instead (not measured) and prints what it returns."""
@@ -400,6 +402,8 @@ def child_main(mode: str, modes: Mapping[str, Callable[[], tuple[float, dict[str
     if mode == "prepare" and prepare is not None:
         print(json.dumps(prepare()))
         return
+    if warmup is not None:
+        warmup()
     post_import = rss_now()
     seconds, extra = modes[mode]()
     status = proc_status()

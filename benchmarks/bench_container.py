@@ -109,6 +109,19 @@ def touch(tensors: Mapping[str, Any], mode: str) -> float:
     return total
 
 
+def warm_torch() -> None:
+    """torch's one-time set-up in a fresh process (its first ``frombuffer``/``view``/``reshape``,
+    the first strided and the first parallel ``sum``: about 0.9 ms on the 2-core machine), run
+    before the clock like the imports: otherwise every row pays it once, and it alone is a third
+    of what opening a file and reading 10% of its tensors costs. Same touch code as the rows."""
+    import torch
+
+    buf = bytearray(1 << 20)  # 1 MB: a parallel sum (above torch's grain size), little RSS
+    t = torch.frombuffer(buf, dtype=torch.uint8).view(torch.float32).reshape(-1, 1024)
+    touch({"w": t}, "page")
+    touch({"w": t}, "full")
+
+
 # --------------------------------------------------------------------------------------------
 # Child modes: each returns (seconds, extra) and is run in a fresh interpreter
 # --------------------------------------------------------------------------------------------
@@ -379,7 +392,7 @@ def child_main(args: argparse.Namespace) -> None:
     # all. anemoi_ckpt imports its torch-facing module on the first tensor access (so that
     # inspect/verify start fast); that is import time too, which no row should include.
     H.child_main(args.child, {mode: partial(fn, ctx) for mode, fn in CHILD_MODES.items()},
-                 prepare=lambda: child_prepare(ctx),
+                 prepare=lambda: child_prepare(ctx), warmup=warm_torch,
                  imports=["anemoi_ckpt", "anemoi_ckpt.summary", "numpy",
                           ("anemoi_ckpt.container.tensorio", "anemoi_ckpt.tensorio"), "safetensors.torch"])
 
@@ -445,7 +458,7 @@ def check_targets(results: dict[str, Measurement]) -> list[dict[str, Any]]:
     T = H.Target
     return H.check_targets([
         T(".anc full load <= 1.1x safetensors.load_file", r["load-anc"] / r["load-safetensors"], 1.1),
-        T(".anc lazy 10% < 0.2x .anc full load", r["load-anc-lazy"] / r["load-anc"], 0.2),
+        T(".anc lazy 10% < 0.2x .anc full load", r["load-anc-lazy"] / r["load-anc"], 0.2, strict=True),
         T("anemoi_ckpt.save <= 1.2x safetensors.save_file", r["save-anc"] / r["save-safetensors"], 1.2),
         T("  same, both durable (fsync)", r["save-anc"] / r["save-safetensors-fsync"], 1.2),
         T("  same, neither durable (durable=False)", r["save-anc-nofsync"] / r["save-safetensors"], 1.2),

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from .writeback import WriteBehindFile
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
@@ -24,7 +26,9 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
         raise FileExistsError(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w+b") as fh:
+        # Durable: the disk writes the file while it is being written, so the fsync below only
+        # waits for the last few MB (writeback.py).
+        with WriteBehindFile(fd) if durable else os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
             if durable:
