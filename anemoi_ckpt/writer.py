@@ -251,7 +251,8 @@ class Writer:
     def _copy_proven(self, m: Any, source: Any, name: str, sec: Section, member: Any) -> None:
         """The member copied chunk by chunk, each chunk of the output hashed while the next is
         copied (``container/hashcopy.py``); every digest is checked against the source's."""
-        from .container.hashcopy import copy_hashed, kernel_copy, start_writeback
+        from .container.hashcopy import copy_hashed, kernel_copy
+        from .container.writeback import start_writeback
         from .errors import IntegrityError
 
         table = sec.tensors
@@ -364,7 +365,7 @@ class Writer:
         only): the fsync at the commit then has less left. For a caller about to wait for
         something else before closing (convert waits for the source file's hash)."""
         if self._durable:
-            from .container.hashcopy import start_writeback
+            from .container.writeback import start_writeback
 
             self._fh.flush()
             start_writeback(self._fh.fileno(), 0, 0)  # 0 bytes: to the end of the file

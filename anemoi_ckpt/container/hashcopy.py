@@ -13,8 +13,6 @@ Memory: at most one ``_CHUNK`` window mapped per worker at a time, whatever the 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import mmap
 import os
@@ -22,26 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+
 _CHUNK = 16 << 20
-
-_SYNC_FILE_RANGE_WRITE = 2
-_libc: Any = None
-
-
-def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Ask the kernel to start writing ``nbytes`` at ``offset`` to disk, without waiting
-    (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``); elsewhere a no-op: the fsync does it all."""
-    global _libc
-    if _libc is None:
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fn = lib.sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            _libc = fn
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # advisory: a failure only loses overlap
 
 
 def _hash_output(fd: int, start: int, n: int, hashers: list[Any], pieces: list[tuple[int, int, int]]) -> None:

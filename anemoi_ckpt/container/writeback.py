@@ -39,13 +39,14 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return fn
 
 
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing every dirty page of ``fd`` that is not already being
-    written (the whole file: members are patched behind the write position, and copied ranges
-    never pass through :meth:`WriteBehindFile.write`). Advice only; errors are ignored."""
+def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+    """Ask the kernel to start writing the dirty pages of ``fd`` in ``[offset, offset+nbytes)``
+    that are not already being written; by default the whole file (members are patched behind
+    the write position, and copied ranges never pass through :meth:`WriteBehindFile.write`).
+    Advice only; errors are ignored."""
     fn = _sync_file_range()
     if fn is not None:
-        fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # offset 0, length 0: to the end of the file
+        fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # length 0: to the end of the file
 
 
 class WriteBehindFile(io.BufferedRandom):
