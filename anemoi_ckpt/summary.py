@@ -1,6 +1,9 @@
-"""What ``inspect`` reports: everything from the manifest, metadata, lineage and tensor headers.
+"""What ``inspect`` reports: everything from the manifest, metadata, lineage and tensor headers,
+how the sections are stored, and who the signature claims to be from.
 
-Reads no tensor bytes: counts, dtypes and shapes come from the safetensors headers.
+Reads no tensor bytes: counts, dtypes and shapes come from the safetensors headers. The signature
+is read (the embedded member, or ``FILE.sig`` beside a local file) but not checked: that is a
+trust decision, ``verify --signature``'s; so model-signing is never imported here.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import math
 from typing import Any
 
 from .anemoi_meta import flat_arrays
+from .errors import AncError
 from .reader import Checkpoint
+from .signing import signature_info
 
 
 def summarize(ck: Checkpoint) -> dict[str, Any]:
@@ -56,7 +61,44 @@ def summarize(ck: Checkpoint) -> dict[str, Any]:
         "anemoi_metadata": anemoi,
         "lineage": {"records": len(lineage.records), "depth": lineage.depth(),
                     "operation": lineage.records[0].operation if lineage.records else None},
+        "storage": storage(ck),
+        "signature": signature(ck),
     }
+
+
+def storage(ck: Checkpoint) -> dict[str, Any]:
+    """How the members are stored: ``encoding`` (``none``, or ``zstd:LEVEL`` per distinct codec
+    and level of the compressed tensor sections, comma-separated), the bytes of every member as
+    stored and as they would be uncompressed, and each compressed section (by name) in brief."""
+    compressed: dict[str, Any] = {}
+    stored = logical = 0
+    for s in ck.sections():
+        enc = s.encoding
+        stored += s.size
+        logical += s.size if enc is None else enc.size
+        if enc is not None:
+            compressed[s.name or s.path] = {"codec": enc.codec, "level": enc.level,
+                                            "transform": enc.transform, "stored": s.size,
+                                            "logical": enc.size, "frames": len(enc.frames)}
+    kinds = sorted({c["codec"] if c["level"] is None else f"{c['codec']}:{c['level']}"
+                    for c in compressed.values()})
+    return {"encoding": ", ".join(kinds) or "none", "stored": stored, "logical": logical,
+            "compressed": compressed}
+
+
+def signature(ck: Checkpoint) -> dict[str, Any] | None:
+    """What the file's signature claims (:func:`~anemoi_ckpt.signing.signature_info`, the one
+    ``verify --signature`` would check), ``checked`` always false; None when unsigned. A
+    signature that cannot be read is reported (``damaged``), not raised: ``inspect`` still shows
+    the rest of the file."""
+    try:
+        info = signature_info(ck)
+    except AncError as e:
+        return {"damaged": e.line(), "checked": False}
+    if info is None:
+        return None
+    return {"form": "detached" if info.detached else "embedded", "method": info.method,
+            "signer": info.signer, "location": info.signature, "digest": info.digest, "checked": False}
 
 
 def _array_list(ck: Checkpoint) -> list[str]:
@@ -72,6 +114,24 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+def _storage_text(st: dict[str, Any]) -> str:
+    if st["encoding"] == "none":
+        return "uncompressed (memory-mappable)"
+    ratio = st["stored"] / st["logical"] if st["logical"] else 1.0
+    return (f"{st['encoding']} ({', '.join(st['compressed'])}): members {human_size(st['stored'])} "
+            f"stored, {human_size(st['logical'])} uncompressed ({ratio:.2f}x)")
+
+
+def _signature_text(sig: dict[str, Any] | None) -> str:
+    if sig is None:
+        return "none"
+    if "damaged" in sig:
+        return f"DAMAGED: {sig['damaged']}"
+    where = f" {sig['location']}" if sig["form"] == "detached" else ""
+    return (f"{sig['form']}{where}, {sig['method']} {sig['signer']} "
+            "(not checked: anemoi-ckpt verify --signature)")
+
+
 def render(info: dict[str, Any]) -> str:
     lines = [
         f"{info['path']}",
@@ -82,6 +142,8 @@ def render(info: dict[str, Any]) -> str:
         f"  created         {info['created']} by {info['producer']}",
         f"  lineage         {info['lineage']['records']} record(s), depth {info['lineage']['depth']}, "
         f"operation {info['lineage']['operation']}",
+        f"  storage         {_storage_text(info['storage'])}",
+        f"  signature       {_signature_text(info['signature'])}",
     ]
     model = info["metadata"]["model"]
     if model:

@@ -36,16 +36,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
+import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-import sys  # noqa: E402
-
 sys.path.insert(0, str(HERE))
 import _harness as H  # noqa: E402
 import bench_convert as bconv  # noqa: E402  (the AIFS-like layout)

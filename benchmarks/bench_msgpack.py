@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import importlib.util
 import re
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -37,8 +39,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-import sys  # noqa: E402
-
 sys.path.insert(0, str(HERE))
 import _harness as H  # noqa: E402
 
@@ -209,9 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        import msgpack  # noqa: F401
-    except ModuleNotFoundError:
+    if importlib.util.find_spec("msgpack") is None:
         sys.exit("bench_msgpack.py: msgpack is not installed (it is no dependency of anemoi-ckpt): "
                  ".venv/bin/pip install msgpack")
     H.write_json(run_benchmark(args), args.json)

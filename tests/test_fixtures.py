@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 import anemoi_ckpt
 from anemoi_ckpt.anemoi_meta import flat_arrays
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, run_cli
 
 CASES = [(d.name, name, info) for d in sorted(FIXTURES.glob("format-*"))
          for name, info in json.loads((d / "expected.json").read_text()).items()]
@@ -84,3 +85,52 @@ def test_golden_anemoi_file_reads_with_anemoi_utils() -> None:
         md, arrays = checkpoints.load_metadata(str(d / "anemoi.anc"), supporting_arrays=True)
         assert md["metadata_inference"]["dataset_names"] == ["data"]
         assert arrays["data"]["mask"].tolist() == [True, False, True]
+
+
+# Signed golden files (fixtures/format-1.2/signed/, written once by fixtures/make_signed_fixture.py):
+# signatures made over frozen bytes must verify forever, with our verifier and model-signing's.
+SIGNED = FIXTURES / "format-1.2" / "signed"
+
+
+def test_signed_golden_files_verify_with_anemoi_ckpt() -> None:
+    expected = json.loads((SIGNED / "expected.json").read_text())
+    key = SIGNED / expected["public_key"]
+    for name, source, signature in (("minimal-signed.anc", SIGNED / "minimal-signed.anc", []),
+                                    ("minimal.anc.sig", SIGNED.parent / "minimal.anc",
+                                     [str(SIGNED / "minimal.anc.sig")])):
+        info = expected[name]
+        assert "sha256:" + hashlib.sha256((SIGNED / name).read_bytes()).hexdigest() == info["sha256"]
+        assert "sha256:" + hashlib.sha256((SIGNED.parent / "minimal.anc").read_bytes()).hexdigest() \
+            == info["source_sha256"]
+        out = run_cli("verify", str(source), "--signature", *signature, "--public-key", str(key), "--json")
+        assert out.returncode == 0, out.stderr
+        sig = json.loads(out.stdout)["signature"]
+        assert (sig["signer"], sig["method"], sig["detached"]) == \
+            (info["signer"], "key", info["form"] == "detached")
+    # The embedded copy holds the frozen file's members byte for byte, plus the signature.
+    with zipfile.ZipFile(SIGNED / "minimal-signed.anc") as signed, \
+            zipfile.ZipFile(SIGNED.parent / "minimal.anc") as frozen:
+        assert {n: signed.read(n) for n in frozen.namelist()} == {n: frozen.read(n) for n in frozen.namelist()}
+        assert sorted(set(signed.namelist()) - set(frozen.namelist())) == \
+            [f"{frozen.namelist()[0].split('/')[0]}/signature.sig"]
+    # A signature over frozen bytes checks those bytes: the same bundle fails on another file.
+    out = run_cli("verify", str(SIGNED.parent / "minimal-zstd.anc"), "--signature",
+                  str(SIGNED / "minimal.anc.sig"), "--public-key", str(key))
+    assert out.returncode == 1 and "does not match its signature" in out.stderr
+
+
+def test_signed_golden_files_verify_with_model_signing_cli(tmp_path: Path) -> None:
+    from tests.signing_pki import MODEL_SIGNING
+
+    def model_signing(target: Path, signature: Path) -> int:
+        return subprocess.run([MODEL_SIGNING, "verify", "key", str(target), "--signature", str(signature),
+                               "--public_key", str(SIGNED / "signing-key.pub")],
+                              capture_output=True, text=True, timeout=120).returncode
+
+    assert model_signing(SIGNED.parent / "minimal.anc", SIGNED / "minimal.anc.sig") == 0
+    with zipfile.ZipFile(SIGNED / "minimal-signed.anc") as zf:  # extracted, as docs/signing.md says
+        zf.extractall(tmp_path)
+    (root,) = tmp_path.iterdir()
+    assert model_signing(root, root / "signature.sig") == 0
+    (root / "metadata.json").write_bytes(b"{}")  # and it does check the bytes
+    assert model_signing(root, root / "signature.sig") != 0

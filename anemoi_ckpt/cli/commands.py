@@ -13,8 +13,7 @@ from ..errors import one_line
 from ..output_path import check_output
 from ..summary import render, summarize
 from .main import cli, emit_json
-from .signature_opts import check_signature, signature_lines, signature_options
-from .trust_opts import policy_from, trust_options
+from .trust_opts import check_signature, policy_from, signature_lines, signature_options, trust_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an output file that exists "
@@ -25,9 +24,11 @@ overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an ou
 @click.argument("file", type=click.Path())
 @json_option
 def inspect(file: str, as_json: bool) -> None:
-    """Show what FILE holds: kind, versions, ids, sections, tensors, metadata, lineage.
+    """Show what FILE holds: kind, versions, ids, storage, signature, sections, tensors, metadata,
+    lineage.
 
-    Reads only the manifest, the JSON sections and the tensor headers, never tensor bytes."""
+    Reads only the manifest, the JSON sections and the tensor headers, never tensor bytes. The
+    signature is shown as it claims to be, not checked: 'verify --signature' checks it."""
     with open_checkpoint(file) as ck:
         info = summarize(ck)
     emit_json(info) if as_json else click.echo(render(info))
@@ -42,7 +43,8 @@ def verify(file: str, as_json: bool, progress: bool | None, **trust: Any) -> Non
     """Recompute every digest and the content id of FILE. Exit 0 when intact, 1 when damaged.
 
     With --signature (or a trust option), first check FILE's signature (docs/signing.md): exit 1,
-    one line, when it is missing, does not verify or is not trusted."""
+    one line, when it is missing, does not verify or is not trusted. Several trust options may be
+    given (e.g. two --public-key): the signature must verify with the one matching its signer."""
     with open_checkpoint(file) as ck:
         verified = check_signature(ck, **trust)  # None without signature options
         report = ck.verify(progress=progress)

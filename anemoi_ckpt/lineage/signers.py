@@ -22,7 +22,6 @@ a local file, else the embedded member.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -123,7 +122,7 @@ def assess(ck: "Checkpoint", policy: TrustPolicy | None = None) -> SignerStatus:
     if not _signed(ck):
         return SignerStatus("unsigned", path=ck.path)
     from ..signing import backend, identity
-    from ..signing.check import locate_signature
+    from ..signing.check import bundle_digest, locate_signature
 
     try:
         data, where, detached = locate_signature(ck, None)
@@ -132,7 +131,7 @@ def assess(ck: "Checkpoint", policy: TrustPolicy | None = None) -> SignerStatus:
         return SignerStatus("invalid", why=e.line(), path=ck.path, error=e)
     st = SignerStatus("unchecked", identity.signer_of(bundle), identity.method_of(bundle),
                       "detached" if detached else "embedded",
-                      "sha256:" + hashlib.sha256(data).hexdigest(), where, path=ck.path)
+                      bundle_digest(data), where, path=ck.path)
     policy = policy or TrustPolicy()
     try:
         _decide(ck, st, policy, data, bundle, where if detached else None)
@@ -150,7 +149,9 @@ def _decide(ck: "Checkpoint", st: SignerStatus, policy: TrustPolicy, data: bytes
 
     def verify(**trust: Any) -> None:
         st.verified = verify_signature(ck, signature=sig, **trust)
-        st.state = "trusted"
+        # The digest a trusted verdict (and merge's lineage) records is that of the bundle that
+        # verified, not of the one read before, should the signature file change in between.
+        st.state, st.digest = "trusted", st.verified.digest
 
     def untrusted(why: str) -> None:
         # Not the signer asked for; but a signature that does not describe these bytes, or does
@@ -236,6 +237,45 @@ def require_trusted(ck: "Checkpoint", policy: TrustPolicy) -> SignerStatus:
     why = st.error.what if st.error is not None else st.why
     raise IntegrityError(ck.path, f"{what} by {st.signer} ({st.form}), {why}",
                          "give the signer's key with --public-key, or its CA with --certificate-chain")
+
+
+def verify_trusted(ck: "Checkpoint", policy: TrustPolicy, signature: str | None = None) -> "Verified":
+    """:func:`~anemoi_ckpt.signing.verify_signature` of ``ck``'s signature (``signature``, or the
+    default one) with the material in ``policy`` that matches how it was signed: among several
+    public keys the one whose fingerprint it names, else the CA chain or the Sigstore identity.
+    What ``verify --signature`` does with its (repeatable) trust options. Raises as
+    ``verify_signature`` does, and :class:`IntegrityError` when none of the material applies."""
+    from ..signing import backend, identity, verify_signature
+    from ..signing.check import locate_signature
+    from .signature_checks import key_named
+
+    trust: dict[str, Any] = {"public_key": None, "certificate_chain": policy.certificate_chain,
+                             "identity": policy.identity, "issuer": policy.issuer}
+    kinds = sum((bool(policy.public_keys), bool(policy.certificate_chain), policy.identity is not None))
+    if kinds <= 1 and len(policy.public_keys) <= 1:
+        # One kind, one key (or none: verify_signature says whom to trust): its own checks and
+        # messages apply unchanged, a wrong key included.
+        trust["public_key"] = policy.public_keys[0] if policy.public_keys else None
+        return verify_signature(ck, signature=signature, **trust)
+    data, where, _ = locate_signature(ck, signature)
+    bundle = backend.parse_bundle(data, where)
+    method, signer = identity.method_of(bundle), identity.signer_of(bundle)
+    flag = {"key": "--public-key", "certificate": "--certificate-chain", "sigstore": "--identity/--issuer"}
+    if method == "key" and policy.public_keys:
+        trust = {"public_key": key_named(policy.public_keys, signer)}
+        if trust["public_key"] is None:
+            raise IntegrityError(where, f"signed by {signer}, which is none of the "
+                                 f"{len(policy.public_keys)} public keys given",
+                                 "give the signer's key with --public-key")
+    elif method == "certificate" and policy.certificate_chain:
+        trust = {"certificate_chain": policy.certificate_chain}
+    elif method == "sigstore" and policy.identity is not None:
+        trust = {"identity": policy.identity, "issuer": policy.issuer}
+    else:
+        what = {"key": "a key", "certificate": "a certificate", "sigstore": "Sigstore"}.get(method, method)
+        raise IntegrityError(where, f"signed with {what} ({signer}), and no {flag.get(method, 'trust option')} "
+                             "was given for it")
+    return verify_signature(ck, signature=signature, **trust)
 
 
 def judge_ancestors(statuses: Sequence["AncestorStatus"], policy: TrustPolicy | None = None) -> list["AncestorStatus"]:

@@ -20,13 +20,14 @@ identity=None, issuer=None) -> Verified``
     ranges). ``Verified``: ``.signer`` (``sha256:<hex>`` key fingerprint, certificate subject, or
     ``identity (issuer)``), ``.method`` (key/certificate/sigstore), ``.detached``, ``.signature``,
     ``.uuid``, ``.content_id``, ``.base_content_id`` (the base an adapter/delta binds, else None),
-    ``.bases`` (adapter name -> base id), ``.unbound``, ``.to_dict()``.
+    ``.bases`` (adapter name -> base id), ``.unbound``, ``.digest`` (``sha256:<hex>`` of the
+    bundle's bytes: which signature it was), ``.to_dict()``.
     Raises ``IntegrityError`` (unsigned, altered member, wrong key, other file's signature,
     untrusted or expired certificate) or ``UsageError`` (bad arguments), one line each.
 
 ``signature_info(path_or_checkpoint, *, detached=True) -> SignatureInfo | None``
-    What the signature claims (``.method``, ``.signer``, ``.detached``, ``.signature``) with no
-    trust decision, for reports; None for an unsigned file.
+    What the signature claims (``.method``, ``.signer``, ``.detached``, ``.signature``,
+    ``.digest``) with no trust decision, for reports; None for an unsigned file.
 
 ``key_fingerprint(pem_bytes) -> "sha256:<hex>"``: a public (or private) key's fingerprint, the
 form ``Verified.signer`` takes for key signatures.

@@ -9,6 +9,7 @@ each member's sha256 equal; the digests are taken by byte ranges, so a URL is ch
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +44,8 @@ class Verified:
     bases: dict[str, str | None]
     #: an adapter or delta whose signature binds no base
     unbound: bool
+    #: ``sha256:<hex>`` of the signature bundle's bytes: which signature this is (lineage records it)
+    digest: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,9 +58,17 @@ class SignatureInfo:
     signer: str
     detached: bool
     signature: str
+    #: ``sha256:<hex>`` of the bundle's bytes, as :attr:`Verified.digest`
+    digest: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def bundle_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of a signature bundle's bytes: names one signature (two signatures by the
+    same signer over the same file differ, ECDSA being randomised)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _trust_method(public_key: Any, chain: Sequence[Any], ident: Any, issuer: Any) -> str:
@@ -165,7 +176,7 @@ def _verify(ck: "Checkpoint", signature: Any, want: str, pub: str | None, chain:
         match_members(ck, signed, where)
     found = bases(ck)
     return Verified(ck.path, identity.signer_of(bundle), have, detached, where, ck.uuid, ck.content_id,
-                    single_base(found), found, any(b is None for b in found.values()))
+                    single_base(found), found, any(b is None for b in found.values()), bundle_digest(data))
 
 
 def _article(method: str) -> str:
@@ -212,6 +223,7 @@ def signature_info(target: "str | os.PathLike | Checkpoint", *, detached: bool =
         if data is None:
             return None
         bundle = backend.parse_bundle(data, where)
-        return SignatureInfo(identity.method_of(bundle), identity.signer_of(bundle), is_detached, where)
+        return SignatureInfo(identity.method_of(bundle), identity.signer_of(bundle), is_detached, where,
+                             bundle_digest(data))
 
     return _with_checkpoint(target, info)
