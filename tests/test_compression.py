@@ -59,7 +59,7 @@ def test_byte_planes_worked_example() -> None:
 
 def test_parse_compress() -> None:
     assert codec.parse_compress("none") is None and codec.parse_compress(None) is None
-    assert codec.parse_compress("zstd") == Compression(3)
+    assert codec.parse_compress("zstd") == Compression(1)
     assert codec.parse_compress("zstd:19") == Compression(19)
     for bad in ("zstd:0", "zstd:23", "zstd:x", "lz4", "zstd:-1"):
         with pytest.raises(ValueError):

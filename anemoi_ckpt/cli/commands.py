@@ -150,7 +150,7 @@ def _out_name(src: str, to: str | None) -> str:
 @click.option("--base", type=click.Path(), help="PEFT adapters: the base .anc it was trained on "
               "(every adapter tensor is checked against it and its content id recorded).")
 @click.option("--compress", metavar="zstd[:LEVEL]|none",
-              help="zstd[:LEVEL] (level 1-22, default 3): store tensor sections compressed (format "
+              help="zstd[:LEVEL] (level 1-22, default 1): store tensor sections compressed (format "
                    "1.2, read transparently); none: uncompressed, memory-mappable. Same content id "
                    "either way. Default: as an .anc source is stored; none for other sources.")
 @overwrite_option

@@ -115,7 +115,8 @@ class Section(_Open):
                         description="'sha256:<hex>': sha256 of the member bytes, or for safetensors "
                                     "members the section digest of docs/format.md.")
     media_type: str = Field(description="application/vnd.safetensors, application/json, "
-                                        "application/x-numpy-raw or application/msgpack.")
+                                        "application/x-numpy-raw or application/octet-stream; "
+                                        "informative (the role decides).")
     tensors: TensorTable | None = None
     encoding: Encoding | None = Field(default=None, description="Compressed tensor sections only "
                                       "(format 1.2): the frame index. `size` is then the stored size.")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 SAFETENSORS = "application/vnd.safetensors"
 JSON = "application/json"
 NUMPY_RAW = "application/x-numpy-raw"
-MSGPACK = "application/msgpack"
 OCTET = "application/octet-stream"
 
 
