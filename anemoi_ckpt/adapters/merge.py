@@ -1,8 +1,9 @@
 """``merge(base, adapters)``: LoRA adapters and freeze deltas folded into a base ``.anc``.
 
 Everything is checked before a byte is written (base identity, modules, shapes, options), then
-the base's ``weights`` are streamed tensor by tensor: a tensor no adapter touches is copied as
-the reader's zero-copy view; a targeted one gets, in fp32,
+the base's ``weights`` are streamed tensor by tensor: a tensor no adapter touches is copied
+unchanged (read with ``pread`` into a reused buffer from a local base, else the reader's view);
+a targeted one gets, in fp32,
 
 1. the whole-tensor replacements first (kind ``delta`` files, PEFT ``modules_to_save`` and
    trained biases): ``W <- W + w (R - W)``, i.e. exactly ``R`` at weight 1; two adapters
@@ -42,8 +43,7 @@ import torch
 
 from ..anemoi_meta import derived
 from ..errors import AncError, FormatError, UsageError
-from ..container.dtypes import ITEMSIZE
-from ..container.dtypes import CODE_TO_TORCH
+from ..container.dtypes import CODE_TO_TORCH, ITEMSIZE
 from ..container.mapped import BufferPool, page_releaser, pread_into
 from ..output_path import check_output
 from ..progress import Progress
