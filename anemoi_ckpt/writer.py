@@ -173,14 +173,19 @@ class Writer:
             else S.compressed_section_path(section)
 
     def add(self, name: str, tensor: torch.Tensor, *, section: str = "weights",
-            release: Callable[[], None] | None = None) -> None:
+            release: Callable[[], None] | None = None, detect_alias: bool = True) -> None:
         """Add one tensor. A tensor sharing storage with one already added (same view) becomes an
-        alias of it instead of a second copy."""
+        alias of it instead of a second copy. ``detect_alias=False`` for a tensor in a reused
+        buffer (``release`` hands it back for the next one): the same address then means new
+        bytes, and the earlier tensor's views may still be alive in the hashing threads."""
         if not isinstance(name, str) or not name or name == "__metadata__":
             raise ValueError(f"invalid tensor name {name!r}")
         tw = self._section(section)
         if name in tw.names:
             raise ValueError(f"duplicate tensor name {name!r} in section {section!r}")
+        if not detect_alias:
+            tw.add(name, flatten(tensor), release)
+            return
         target = self._aliases.setdefault(section, AliasTracker()).target_of(name, tensor)
         if target is not None:
             tw.add_alias(name, target)

@@ -361,6 +361,10 @@ def check_targets(results: dict[str, Measurement], largest: int, ok_check: bool)
         T("merge peak RSS < largest tensor + 300 MB", mg.median("peak_rss") / MB, limit_mb, unit="MB"),
         T("  (informative) anonymous peak < largest + 300 MB", mg.median("peak_anon_sampled") / MB,
           limit_mb, unit="MB"),
+        # the whole-process peak includes the child's imports (~390 MB: torch, peft, safetensors),
+        # already above the limit; this row bounds what the merge itself adds (README, P3 notes)
+        T("  merge's own +RSS (peak - RSS after imports) < largest + 300 MB", mg.rss_increase / MB,
+          limit_mb, unit="MB"),
         T("split: randomized SVD faster than full SVD", r["split-exact"] / r["split"], 1.0, True),
         T("  at equal error bound (randomized rel. error <= 1.01x full)", rand_err / exact_err, 1.01),
         T("merged weights == PEFT merge_and_unload (1e-5 relative)", float(ok_check), 1.0, True, unit=""),

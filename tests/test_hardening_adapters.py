@@ -301,3 +301,20 @@ def test_cli_one_line_naming_file_and_key(tmp_path: Path, alpha: float, fragment
     res = run_cli("merge", str(base), str(adapter), "-o", str(out))
     line = one_error_line(res, str(adapter), *fragments)
     assert line and not out.exists()
+
+
+def test_finite_check_fast_path_is_exact() -> None:
+    """The result check first sums the tensor (a finite sum proves every element finite); a sum
+    that overflows on finite values falls back to the element scan and is not a refusal."""
+    from anemoi_ckpt.adapters.merge import _first_new_nonfinite
+
+    big = torch.full((8,), 3e38)  # every element finite, the fp32 sum is +inf
+    assert _first_new_nonfinite(None, big) is None
+    assert _first_new_nonfinite(big, big) is None
+    bad = big.clone()
+    bad[5] = float("nan")
+    assert _first_new_nonfinite(None, bad) == 5
+    assert _first_new_nonfinite(bad, bad) is None  # NaN already in the base is carried
+    opposite = torch.tensor([3e38, 3e38, -3e38, -3e38, float("inf")])  # sum: inf - inf = NaN
+    assert _first_new_nonfinite(None, opposite) == 4
+    assert _first_new_nonfinite(None, torch.tensor([1.0, 2.0], dtype=torch.bfloat16)) is None

@@ -494,3 +494,16 @@ def test_merge_of_split_reproduces_the_finetune(tmp_path: Path, kind: str) -> No
                 assert torch.equal(got, want), k
             else:
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_buffer_is_never_an_alias(tmp_path: Path) -> None:
+    """merge reuses a few buffers for the tensors it writes: the same address and shape then
+    mean new bytes, not a second name for the earlier tensor (a silently wrong merge)."""
+    buf = torch.arange(6, dtype=torch.float32).view(2, 3)
+    with anemoi_ckpt.Writer(tmp_path / "x.anc") as w:
+        w.add("a", buf, detect_alias=False)
+        w.add("b", buf, detect_alias=False)
+    with anemoi_ckpt.open(tmp_path / "x.anc") as ck:
+        bt = ck.tensors("weights")
+        assert not bt.aliases and set(bt.entries) == {"a", "b"}
+        assert torch.equal(bt["a"], buf) and torch.equal(bt["b"], buf)

@@ -62,7 +62,8 @@ class BufferPool:
 
         import torch
 
-        self._free = [torch.empty(max(1, nbytes // 4), dtype=torch.float32) for _ in range(count)]
+        self._size = max(1, nbytes // 4) * 4
+        self._free = [torch.empty(self._size // 4, dtype=torch.float32) for _ in range(count)]
         self._cond = threading.Condition()
 
     def take(self, shape: tuple[int, ...]) -> tuple[Any, Callable[[], None]]:
@@ -82,3 +83,32 @@ class BufferPool:
                 self._free.append(buf)
                 self._cond.notify()
         return buf[:n].view(shape), give_back
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes each buffer holds."""
+        return self._size
+
+    def take_bytes(self, nbytes: int) -> tuple[Any, Callable[[], None]]:
+        """(a uint8 tensor of ``nbytes`` over a free buffer, the callable that gives it back):
+        room for a tensor of any dtype read from a file (``pread_into``)."""
+        import torch
+
+        words, give_back = self.take((-(-nbytes // 4),))
+        return words.view(torch.uint8)[:nbytes], give_back
+
+
+def pread_into(fd: int, offset: int, raw: Any) -> None:
+    """Fill the uint8 tensor ``raw`` with the file's bytes at ``offset`` by ``preadv``: the kernel
+    copies from the page cache straight into it. Reading a tensor through the map instead costs
+    a page fault per 4 KiB (5x the CPU time of this copy for 0.5 GB here) and leaves the pages
+    resident until released."""
+    import os
+
+    view = memoryview(raw.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"short read: {done} of {len(view)} bytes at offset {offset}")
+        done += n
