@@ -465,8 +465,10 @@ def _write(base: Checkpoint, files: list[Checkpoint], ads: list[Adapter], plan: 
         pool = BufferPool(largest)
         # A local base this call opened is read with pread into the pool's buffers rather than
         # through its map (a page fault per 4 KiB, 5x the CPU time). Not a caller's Checkpoint:
-        # its map may hold tensors changed in place, which the file does not have.
-        fd = base._fh.fileno() if release_pages and base.remote is None and base._mm is not None else None
+        # its map may hold tensors changed in place, which the file does not have. Nor a
+        # compressed base (format 1.2): its stored bytes are frames, decoded by the mapping.
+        fd = base._fh.fileno() if release_pages and base.remote is None and base._mm is not None \
+            and bt.frames is None else None
         for name in bt.entries:
             e = bt.entries[name]
             if fd is not None and name not in plan.replace and name not in plan.deltas \
