@@ -227,7 +227,9 @@ def test_merge_delta_onto_compressed_base(tmp_path: Path) -> None:
     with anemoi_ckpt.open(report.path) as ck:
         got = ck.state_dict()
         assert torch.equal(got["layer.bias"], repl["layer.bias"])
-        assert torch.equal(got["layer.weight"], sd["layer.weight"])
+        # every unchanged tensor, small ones included (a base merge opens is read by pread
+        # where it can: never the stored frames of a compressed one)
+        assert all(torch.equal(got[k], sd[k]) for k in sd if k != "layer.bias")
         assert ck.tensors().aliases == {"tied": "layer.weight"}  # the tie survives decoding
         assert ck.verify().ok
 
