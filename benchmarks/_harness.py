@@ -58,6 +58,18 @@ def timed(fn: Callable[[], T]) -> tuple[float, T]:
     return time.perf_counter() - t0, value
 
 
+def phase_timer(phases: dict[str, float], key: str, fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` wrapped so each call's wall time is added to ``phases[key]`` (for patching a
+    module's function to see how long one phase of an operation takes)."""
+    def wrapper(*a: Any, **k: Any) -> T:
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            phases[key] = phases.get(key, 0.0) + time.perf_counter() - t0
+    return wrapper
+
+
 def profiled(fn: Callable[[], T], enabled: bool, title: str, top: int = 15,
              sorts: Sequence[str] = ("tottime",)) -> tuple[float, T]:
     """:func:`timed`; with ``enabled``, under cProfile, whose top functions go to stderr (stdout

@@ -38,7 +38,6 @@ import argparse
 import inspect
 import os
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -142,17 +141,8 @@ def child_convert(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
 
     phases = {"source_sha256": 0.0, "verify_output": 0.0}
 
-    def timed_phase(key: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                phases[key] += time.perf_counter() - t0
-        return wrapper
-
-    engine.file_sha256 = timed_phase("source_sha256", engine.file_sha256)
-    engine.verify_output = timed_phase("verify_output", engine.verify_output)
+    engine.file_sha256 = H.phase_timer(phases, "source_sha256", engine.file_sha256)
+    engine.verify_output = H.phase_timer(phases, "verify_output", engine.verify_output)
     kw: dict[str, Any] = {"compress": compress_spec(args)} if has_compress_api() else {}
     dst = zanc_path(args)
     run = lambda: engine.convert(src_path(args), dst, keep_layout=True, durable=False, progress=False, **kw)  # noqa: E731

@@ -563,7 +563,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     file_bytes = os.path.getsize(anc)
     print_table(results, file_bytes)
     print("\nRSS columns: peak RSS = ru_maxrss of the child; +RSS = peak minus RSS right after imports; "
-          f"anon/file = RssAnon/RssFile at the end of the timed region (file = mapped page cache).")
+          "anon/file = RssAnon/RssFile at the end of the timed region (file = mapped page cache).")
     lazy = results["load-anc-lazy"].samples[0]["extra"]
     print(f"tensor bytes: {prep['bytes'] / MB:.0f} MB; the lazy load materialised {lazy['tensors_loaded']} "
           f"of {prep['tensors']} tensors, {lazy['bytes_loaded'] / MB:.0f} MB")

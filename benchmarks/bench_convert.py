@@ -223,17 +223,8 @@ def ours(args: argparse.Namespace, durable: bool) -> tuple[float, dict[str, Any]
 
     phases = {"source_sha256": 0.0, "compare": 0.0}
 
-    def timed_phase(key: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                phases[key] += time.perf_counter() - t0
-        return wrapper
-
-    engine.file_sha256 = timed_phase("source_sha256", engine.file_sha256)
-    engine.verify_output = timed_phase("compare", engine.verify_output)
+    engine.file_sha256 = H.phase_timer(phases, "source_sha256", engine.file_sha256)
+    engine.verify_output = H.phase_timer(phases, "compare", engine.verify_output)
     src, dst = source_path(args), output_path(args, ".anc")
     run = lambda: engine.convert(src, dst, durable=durable, progress=False)  # noqa: E731
     ru = resource.getrusage(resource.RUSAGE_SELF)

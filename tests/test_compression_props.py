@@ -68,8 +68,11 @@ def test_round_trip(tmp_path: Path, spec: dict[str, Any], level: int, chunk: int
         assert set(got) == set(sd)
         for k, t in sd.items():
             assert got[k].dtype == t.dtype and got[k].shape == t.shape and raw(got[k]) == raw(t), k
-        if alias:
-            assert got["alias.of.first"] is got[next(iter(sd))]
+        if alias:  # the same tie decisions compressed or not (an empty tensor is stored twice:
+            # with no bytes there is no storage to tell a tie by); a tie is one object
+            assert ck.tensors().aliases == pk.tensors().aliases
+            if "alias.of.first" in ck.tensors().aliases:
+                assert got["alias.of.first"] is got[next(iter(sd))]
         assert ck.verify().ok
 
 

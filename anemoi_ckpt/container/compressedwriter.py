@@ -8,7 +8,6 @@ as for an uncompressed section (so the digests agree), the stored bytes CRC'd as
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -65,17 +64,9 @@ class CompressedSectionWriter(TensorSectionWriter):
     def close(self) -> tuple[TensorTable, str, int, list[stformat.TensorEntry]]:
         while self._ahead:
             self._write_next()
-        prefix = stformat.padded_header(stformat.header_json(self._entries), self._stream._reserved)
-        self._stream.set_prefix(prefix)
-        size = self._stream.record.size
-        self._stream.close()
-        digests = self.digests()
-        header_hex = hashlib.sha256(prefix).hexdigest()
-        table = TensorTable(count=len(self._entries), header_digest=header_hex, digests=digests,
-                            aliases=dict(self.aliases))
-        digest_ = hashing.section_digest(header_hex, (digests[e.name] for e in self._entries))
-        self.encoding = self._compression.encoding(self._frames, len(prefix) + self._pos)
-        return table, digest_, size, list(self._entries)
+        table, digest, size, entries, head = self._finish()
+        self.encoding = self._compression.encoding(self._frames, head + self._pos)
+        return table, digest, size, entries
 
 
 def _when_done(fut: Future[Any], fn: Callable[[], None]) -> None:

@@ -90,6 +90,12 @@ class TensorSectionWriter:
         if self._crc_last is not None:
             self._crc_last.result()  # FIFO: the last step done means all are
         self._stream.record.crc = self._crc
+        return self._finish()[:4]
+
+    def _finish(self) -> tuple[TensorTable, str, int, list[stformat.TensorEntry], int]:
+        """Write the header into the reserved region and close the member: (table, section
+        digest, stored size, entries, header length). Shared by the compressed writer, whose
+        digests are those of the same logical bytes."""
         prefix = stformat.padded_header(stformat.header_json(self._entries), self._stream._reserved)
         self._stream.set_prefix(prefix)
         size = self._stream.record.size
@@ -99,7 +105,7 @@ class TensorSectionWriter:
         table = TensorTable(count=len(self._entries), header_digest=header_hex, digests=digests,
                             aliases=dict(self.aliases))
         digest = hashing.section_digest(header_hex, (digests[e.name] for e in self._entries))
-        return table, digest, size, list(self._entries)
+        return table, digest, size, list(self._entries), len(prefix)
 
 
 def _after_all(futures: list[Any], fn: Callable[[], None]) -> None:
