@@ -18,7 +18,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,8 +138,19 @@ def decode_into(read: Read, tf: TensorFrames, out: memoryview) -> None:
     if len(jobs) == 1:
         one(jobs[0])
     else:
-        for f in [_decode_pool().submit(one, job) for job in jobs]:
-            f.result()
+        futures = [_decode_pool().submit(one, job) for job in jobs]
+        # No frame may still be read after this returns or raises: the caller may close the map
+        # (or the file be replaced under it), and a thread reading it then would crash the process.
+        # So on the first error the frames not yet started are cancelled and the running ones
+        # waited for, and only then is the error raised.
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        if any(f.exception() is not None for f in done):
+            for f in futures:
+                f.cancel()
+            wait(futures)
+        for f in futures:
+            if not f.cancelled():
+                f.result()
 
 
 def digest(read: Read, tf: TensorFrames) -> str:
