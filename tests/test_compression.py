@@ -234,6 +234,22 @@ def test_merge_delta_onto_compressed_base(tmp_path: Path) -> None:
         assert ck.verify().ok
 
 
+def test_metadata_edit_keeps_a_file_compressed(tmp_path: Path) -> None:
+    """``metadata --set`` copies the tensor sections as they are stored: still compressed, the
+    frames copied as bytes, the same content id."""
+    src = anemoi_ckpt.save(tmp_path / "z.anc", weights(4, torch.bfloat16, n=1 << 14), durable=False,
+                           compress="zstd", anemoi_metadata={"config": {"lr": 1}})
+    out = run_cli("metadata", str(src), "--set", "config.lr=2", "-o", str(tmp_path / "m.anc"))
+    assert out.returncode == 0, out.stderr
+    with anemoi_ckpt.open(src) as a, anemoi_ckpt.open(tmp_path / "m.anc") as b:
+        assert (a.compression, b.compression) == ("zstd:1", "zstd:1")
+        assert b.content_id == a.content_id and b.anemoi_metadata["config"]["lr"] == 2
+        rel = b.tensor_section_rel("weights")
+        assert b.read_bytes(b._members[rel].data_offset, b._members[rel].size) == \
+            a.read_bytes(a._members[rel].data_offset, a._members[rel].size)
+        assert b.verify().ok
+
+
 # --- remote reads by byte range ----------------------------------------------------------------
 
 def test_remote_reads_fetch_only_the_asked_tensors_frames(tmp_path: Path) -> None:
