@@ -13,7 +13,6 @@ the comparison with the file's bytes is :mod:`anemoi_ckpt.signing.check`'s.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AncError, IntegrityError, UsageError, one_line
+from ..errors import AncError, UsageError, one_line
 
 if TYPE_CHECKING:
     from ..reader import Checkpoint
@@ -99,19 +98,9 @@ def _claims_match(ck: "Checkpoint", st: SignerStatus, bundle: dict[str, Any]) ->
     from ..signing import backend
     from ..signing.check import match_file, match_members
 
-    backend.require()
-    from model_signing._signing.signing import dsse_payload_to_manifest
-
     where = st.signature or ck.path
-    try:
-        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
-        signed = {rd.identifier: rd.digest.digest_hex
-                  for rd in dsse_payload_to_manifest(statement).resource_descriptors()}
-    except Exception as e:  # noqa: BLE001 - a damaged statement is a verdict, not a crash
-        st.error = IntegrityError(where, f"the signed statement is unreadable ({one_line(str(e))[:120]})")
-        st.why = st.error.line()
-        return False
-    try:
+    try:  # a damaged statement is a verdict, not a crash
+        signed = backend.claimed_digests(bundle, where)
         (match_file if st.form == "detached" else match_members)(ck, signed, where)
     except AncError as e:
         st.why, st.error = e.line(), e

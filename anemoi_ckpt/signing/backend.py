@@ -13,6 +13,7 @@ one line naming ``anemoi-ckpt[sign]``.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -164,11 +165,29 @@ def verified_manifest(data: bytes, where: str, *, method: str, public_key: str |
         manifest = verifier.verify(bundle)
     except Exception as e:  # noqa: BLE001 - model-signing raises ValueError, OpenSSL and others
         raise IntegrityError(where, f"the signature does not verify: {_why(e, method)}") from None
+    return manifest.model_name, _digests(manifest, where), dict(manifest.serialization_type)
+
+
+def claimed_digests(bundle: dict[str, Any], where: str) -> dict[str, str]:
+    """What the bundle's statement lists (identifier -> sha256 hex) WITHOUT checking the
+    signature: for reports that compare a file with its signature when no key is given."""
+    require()
+    dsse_payload_to_manifest = _module("signing").dsse_payload_to_manifest
+    try:
+        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        manifest = dsse_payload_to_manifest(statement)
+    except Exception as e:  # noqa: BLE001 - model-signing raises ValueError, KeyError and others
+        raise IntegrityError(where, f"the signed statement is unreadable ({one_line(str(e))[:120]})") from None
+    return _digests(manifest, where)
+
+
+def _digests(manifest: Any, where: str) -> dict[str, str]:
+    """identifier -> sha256 hex of a model-signing manifest; other algorithms are refused."""
     digests = {rd.identifier: rd.digest.digest_hex for rd in manifest.resource_descriptors()}
     algos = {rd.digest.algorithm for rd in manifest.resource_descriptors()}
     if algos - {"sha256"}:
         raise IntegrityError(where, f"signs {', '.join(sorted(algos))} digests; anemoi-ckpt checks sha256")
-    return manifest.model_name, digests, dict(manifest.serialization_type)
+    return digests
 
 
 def _why(e: Exception, method: str) -> str:
